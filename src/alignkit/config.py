@@ -1,0 +1,238 @@
+"""Typed run configuration.
+
+A YAML file holds exactly these fields; `a.b=c` overrides on the command line change them. Every
+mistake names the field and what is allowed. Loading uses `yaml.safe_load` only.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from alignkit.errors import UserError
+
+METHODS = ("sft", "dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo", "kto")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Section):
+    enabled: bool = True
+    """Train low-rank adapters (peft LoRA) instead of every weight."""
+    r: int = Field(16, ge=1, le=1024)
+    """Adapter rank."""
+    alpha: float = Field(32.0, gt=0)
+    """Adapter scale numerator (the update is scaled by alpha / r)."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    """Dropout on the adapter input."""
+    target_modules: list[str] | None = None
+    """Module names to adapt; None picks the architecture's attention and MLP projections."""
+
+
+class ModelConfig(_Section):
+    name_or_path: str = "default"
+    """`default` (the embedded SmolLM2-135M-Instruct), a local checkpoint dir, a hub id already in the
+    local cache, or another run's directory (its adapter is merged into its base first)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight precision; `auto` is float32 on CPU and bfloat16 (float16 where bf16 is missing) on GPU."""
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    """Load the frozen base in 4-bit NF4 or 8-bit (bitsandbytes, CUDA only): QLoRA."""
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, ~30% more compute."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with a hub model. Off unless you trust its author."""
+    allow_pickle: bool = False
+    """Accept pickle-based weight files (.bin/.pt). Off: pickles can execute code when loaded."""
+    attn_implementation: Literal["eager", "sdpa"] | None = None
+    """Attention kernel; None lets alignkit pick (sdpa)."""
+
+
+class DataConfig(_Section):
+    train: str = "examples/task_api/data/train.jsonl"
+    """Training file: .jsonl, .json, .csv or .parquet."""
+    eval: str | None = "examples/task_api/data/eval.jsonl"
+    """Held-out file; None splits `eval_fraction` off the training file (by prompt)."""
+    eval_fraction: float = Field(0.05, ge=0, lt=1)
+    """Share of training prompts held out when `eval` is None."""
+    system_prompt_file: str | None = "examples/task_api/system_prompt.txt"
+    """A text file whose content becomes the system message of every row without its own `system`."""
+    max_length: int = Field(384, ge=8)
+    """Longest prompt + completion in tokens; longer rows are truncated (prompt first, from the left)."""
+    max_prompt_length: int = Field(256, ge=4)
+    """Prompts are cut from the left down to this many tokens before completions are cut."""
+    max_rows: int | None = Field(None, ge=1)
+    """Use only the first N training rows (quick experiments)."""
+    skip_invalid: bool = False
+    """Skip and count invalid rows instead of stopping at the first one."""
+
+
+class TrainConfig(_Section):
+    beta: float = Field(0.1, gt=0)
+    """KL strength for DPO-family losses: higher keeps the policy closer to the reference."""
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    """cDPO label smoothing for `dpo`; the assumed label-flip rate for `robust`."""
+    rpo_alpha: float = Field(1.0, ge=0)
+    """Weight of the chosen-answer NLL in `rpo`."""
+    simpo_gamma: float = Field(0.5, ge=0)
+    """SimPO target margin, as a ratio gamma/beta (TRL convention)."""
+    cpo_alpha: float = Field(1.0, ge=0)
+    """Weight of the chosen-answer NLL in `cpo`."""
+    orpo_lambda: float = Field(0.1, gt=0)
+    """Weight of ORPO's odds-ratio term."""
+    kto_desirable_weight: float = Field(1.0, gt=0)
+    kto_undesirable_weight: float = Field(1.0, gt=0)
+    learning_rate: float = Field(5e-5, gt=0)
+    """Peak learning rate of AdamW."""
+    weight_decay: float = Field(0.0, ge=0)
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the training data (fractions allowed)."""
+    max_steps: int | None = Field(None, ge=1)
+    """Stop after this many optimizer steps (overrides `epochs`)."""
+    micro_batch_size: int = Field(4, ge=1)
+    """Rows per forward pass (pairs for preference methods)."""
+    gradient_accumulation_steps: int = Field(4, ge=1)
+    """Micro-batches per optimizer step; effective batch = micro_batch_size x this x processes."""
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    """Share of steps with a linear learning-rate warm-up."""
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the global gradient norm; None disables clipping."""
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """Autocast precision on GPU (`auto`: bf16 where supported, else fp16); CPU runs in fp32."""
+    reference: Literal["auto", "adapter", "copy", "precomputed", "none"] = "auto"
+    """Reference model: `adapter` = the base with LoRA switched off (no extra memory); `copy` = a
+    frozen copy; `precomputed` = reference log-probs computed once and cached on disk; `auto` picks
+    `adapter` with LoRA and `precomputed` without."""
+    prefix_sharing: bool = True
+    """One forward per pair: [prompt, chosen, rejected] with a mask that hides chosen from rejected."""
+    seed: int = 0
+    log_every: int = Field(1, ge=1)
+    eval_every: int | None = Field(None, ge=1)
+    """Evaluate preference metrics every N steps; None only at the end."""
+    save_every: int | None = Field(None, ge=1)
+    """Write a checkpoint every N steps; None only at the end."""
+    keep_checkpoints: int = Field(2, ge=1)
+    max_bad_steps: int = Field(5, ge=1)
+    """Stop after this many consecutive steps with a non-finite loss or gradient."""
+    trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
+    """Report metrics through accelerate's trackers as well as log.jsonl."""
+
+
+class EvalConfig(_Section):
+    enabled: bool = True
+    """Evaluate the reference before and the policy after training, and write report.md/html."""
+    probes: str | None = "examples/task_api/data/probes.jsonl"
+    """Prompts labelled harmful / benign / alarming for generation metrics."""
+    max_probes: int | None = Field(None, ge=1)
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+    do_sample: bool = False
+    kl_samples: int = Field(1, ge=0)
+    """Sampled completions per probe for the KL(policy || reference) estimate (0 disables)."""
+    task: Literal["task_api", "none"] = "task_api"
+    """Task-quality check applied to benign answers: `task_api` parses the task JSON."""
+
+
+class RunConfig(_Section):
+    method: str = "dpo"
+    """One of: sft, dpo, ipo, hinge, robust, rpo, simpo, cpo, orpo, kto."""
+    output_dir: str = "runs/dpo"
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; allowed: {', '.join(METHODS)}")
+        return v
+
+
+def _suggest(name: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(name, allowed, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(sorted(allowed))}"
+
+
+def _fields_of(path: tuple[str, ...]) -> list[str]:
+    cls: type[BaseModel] = RunConfig
+    for part in path:
+        ann = cls.model_fields[part].annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        cls = ann
+    return list(cls.model_fields)
+
+
+def _user_error(err: ValidationError, source: str) -> UserError:
+    lines = []
+    for e in err.errors():
+        loc = tuple(str(p) for p in e["loc"])
+        field = ".".join(loc)
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown field {field!r}: {_suggest(loc[-1], _fields_of(loc[:-1]))}")
+        else:
+            lines.append(f"field {field!r}: {e['msg']} (got {e.get('input')!r})")
+    return UserError("invalid config: " + "; ".join(lines), where=source,
+                     hint="see `alignkit train --help` or README 'Config fields'")
+
+
+def parse_value(text: str) -> Any:
+    """A CLI override value: YAML scalar rules (`0.3` -> float, `true` -> bool, `null` -> None)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=c` overrides to a nested dict (in place) and return it."""
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not of the form field=value",
+                            hint="e.g. train.beta=0.3 output_dir=runs/b03")
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {key!r}: {part!r} is not a section")
+        node[parts[-1]] = parse_value(value)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config (or start from defaults when `path` is None) and apply overrides."""
+    data: dict = {}
+    source = "command line"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise UserError("config file not found", where=source, hint="check the path")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark else source
+            raise UserError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
+        if not isinstance(data, dict):
+            raise UserError("a config file must be a mapping of fields", where=source)
+    apply_overrides(data, list(overrides))
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise _user_error(e, source) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,41 @@
+"""`alignkit export`: a run as a checkpoint that loads with transformers alone.
+
+With `--merge`, the run's adapter and those of every earlier stage it started from (SFT -> DPO)
+are merged into the weights, giving a plain `AutoModelForCausalLM.from_pretrained(DIR)` checkpoint
+with its tokenizer and chat template. Without it, the adapter is copied as it is (peft format) and
+`base_model.txt` names what it applies to.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from alignkit.errors import UserError
+from alignkit.models import base_of, is_run_dir, load_model, load_tokenizer
+
+
+def export(run: Path, out: Path, *, merge: bool = True) -> Path:
+    if not is_run_dir(run):
+        raise UserError("not a run directory (no run.json)", where=str(run))
+    if not (run / "final").is_dir():
+        raise UserError("the run has not finished (no final/)", where=str(run),
+                        hint=f"finish it first: alignkit train --resume {run}")
+    if out.exists() and any(out.iterdir()):
+        raise UserError("the output directory is not empty", where=str(out), hint="choose a new directory")
+    tmp = out.with_name(f".tmp-{out.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if merge:
+        model = load_model(str(run), dtype="float32")
+        model.save_pretrained(tmp, safe_serialization=True)
+        load_tokenizer(str(run)).save_pretrained(tmp)
+    else:
+        shutil.copytree(run / "final", tmp)
+        info = json.loads((run / "run.json").read_text())
+        (tmp / "base_model.txt").write_text(f"{info['base']}\n(root model: {base_of(str(run))})\n")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return out

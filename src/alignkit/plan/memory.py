@@ -1,0 +1,359 @@
+"""Memory model of a training run: how many bytes each component needs, and will it fit.
+
+Every term is a formula of the model shape (`Arch`) and the run settings (`PlanInput`); docs/PLANNER.md
+writes them out with the reason for each. Components belong to a *phase*: ``persistent`` ones (weights,
+gradients, optimizer states, runtime) live for the whole run; the others are transient and never
+coexist, so the predicted peak is ``persistent + max(train, nograd, generate)``:
+
+- ``train``: the forward + backward with gradients (saved activations and the logits' backward);
+- ``nograd``: a forward without gradients (reference log-probs, the KTO KL batch, PPO scoring);
+- ``generate``: PPO rollouts (the KV cache).
+
+Constants that depend on the runtime (CUDA context, CPU baseline, the logits' bytes per element) live
+in `Calibration`, so that bench/planner_accuracy.py can fit them against measured peaks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+from alignkit.errors import UserError
+from alignkit.plan.architectures import Arch, activation_bytes, load_arch, lora_params, weight_bytes
+from alignkit.plan.hardware import GiB, Hardware, get_hardware
+
+METHODS = ("sft", "dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo", "kto", "reward", "ppo")
+_PAIRED = {"dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo", "reward"}
+_NEEDS_REF = {"dpo", "ipo", "hinge", "robust", "rpo", "kto", "ppo"}
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Runtime constants of the model, in one place so that measured peaks can refit them.
+
+    Attributes:
+        cuda_context: CUDA context, cuBLAS workspace and caching-allocator slack on a GPU (0.5-1 GB).
+        cpu_baseline: RSS of Python + ``import torch, transformers, peft, accelerate`` (+ alignkit's
+            imports) before any model: measured 402 MiB on the 2-core dev machine (torch 2.13 CPU,
+            transformers 5.24) with psutil; rounded up to 420 MiB for alignkit, rich and pydantic.
+        logit_bytes_train: bytes per (position x vocabulary) element in a forward+backward through
+            log-softmax: fp32 log-softmax output kept for backward + the gather's dense gradient + the
+            log-softmax input gradient = 12 (measured with VmHWM on CPU for fp32 and bf16: 12.0).
+        logit_bytes_nograd: same without gradients: the fp32 copy and the log-softmax output (8), plus
+            the model's half-precision logits when the model runs in fp16/bf16 (added in the code).
+        logit_chunk_tokens: positions per chunk of the chunked (recomputed) log-softmax used with
+            ``completion_only_logits``; must match alignkit.logprobs.
+        activation_scale_gpu / activation_scale_cpu: multiplier on the counted saved tensors, for the
+            allocator's rounding and temporaries; 1.0 until bench/planner_accuracy.py measures otherwise.
+    """
+
+    cuda_context: int = int(0.75 * GiB)
+    cpu_baseline: int = 420 * 1024**2
+    logit_bytes_train: int = 12
+    logit_bytes_nograd: int = 8
+    logit_chunk_tokens: int = 1024
+    activation_scale_gpu: float = 1.0
+    activation_scale_cpu: float = 1.0
+
+
+CALIBRATION = Calibration()
+
+
+@dataclass
+class PlanInput:
+    """The settings of one training run, as far as memory is concerned.
+
+    ``lora_r = 0`` is full fine-tuning. ``dtype = None`` and ``reference = "auto"`` are resolved by
+    `estimate` (the hardware's precision; adapter switch-off with LoRA, a copy without).
+    ``seq_len`` is the longest sequence (prompt + completion); ``prompt_len`` the prompt part of it.
+    """
+
+    arch: Arch
+    method: str = "dpo"
+    lora_r: int = 16
+    lora_targets: tuple[str, ...] | str = "all-linear"
+    lora_dropout: float = 0.0
+    quant: str = "none"
+    double_quant: bool = True
+    dtype: str | None = None
+    micro_batch: int = 1
+    grad_accum: int = 1
+    seq_len: int = 1024
+    prompt_len: int | None = None
+    grad_ckpt: bool = False
+    optimizer: str = "adamw"
+    reference: str = "auto"
+    prefix_sharing: bool = False
+    completion_only_logits: bool = False
+    device: str = "gpu"
+
+    def __post_init__(self):
+        def bad(name, value, allowed):
+            raise UserError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}",
+                            where=f"plan input {name}")
+
+        checks = {"method": METHODS, "quant": ("none", "8bit", "4bit"), "optimizer": ("adamw", "adamw8bit"),
+                  "reference": ("auto", "adapter", "copy", "precomputed", "none"), "device": ("gpu", "cpu")}
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                bad(name, getattr(self, name), allowed)
+        if self.dtype is not None and self.dtype not in DTYPE_BYTES:
+            bad("dtype", self.dtype, tuple(DTYPE_BYTES))
+        if self.micro_batch < 1 or self.seq_len < 2 or self.lora_r < 0 or self.grad_accum < 1:
+            raise UserError("micro_batch, grad_accum must be >= 1, seq_len >= 2, lora_r >= 0", where="plan input")
+        if self.prompt_len is None:
+            self.prompt_len = self.seq_len // 2
+        if not 0 <= self.prompt_len < self.seq_len:
+            raise UserError(f"prompt_len {self.prompt_len} must be below seq_len {self.seq_len}", where="plan input")
+        if self.quant != "none" and self.lora_r == 0:
+            raise UserError("a quantized base cannot be fully fine-tuned", where="plan input quant",
+                            hint="use LoRA (lora_r > 0) with 4-bit/8-bit, i.e. QLoRA")
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        if self.lora_targets in ("all-linear", "all", None):
+            return self.arch.lora_targets()
+        targets = (self.lora_targets,) if isinstance(self.lora_targets, str) else tuple(self.lora_targets)
+        unknown = [t for t in targets if t not in self.arch.lora_targets()]
+        if unknown:
+            raise UserError(f"LoRA targets {unknown} are not modules of {self.arch.name}", where="plan input lora_targets",
+                            hint=f"choose from {', '.join(self.arch.lora_targets())} or 'all-linear'")
+        return targets
+
+
+@dataclass
+class Plan:
+    """Predicted memory of a run on a device.
+
+    ``components`` maps a name to bytes; ``phases`` maps the same names to their phase. ``total`` is the
+    predicted peak: persistent components plus the largest transient phase.
+    """
+
+    input: PlanInput
+    hardware: Hardware
+    components: dict[str, int] = field(default_factory=dict)
+    phases: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, name: str, nbytes: float, phase: str = "persistent") -> None:
+        if nbytes > 0:
+            self.components[name] = self.components.get(name, 0) + int(nbytes)
+            self.phases[name] = phase
+
+    def phase_total(self, phase: str) -> int:
+        return sum(b for n, b in self.components.items() if self.phases[n] == phase)
+
+    @property
+    def peak_phase(self) -> str:
+        return max(("train", "nograd", "generate"), key=self.phase_total)
+
+    @property
+    def total(self) -> int:
+        return self.phase_total("persistent") + self.phase_total(self.peak_phase)
+
+    @property
+    def headroom(self) -> int:
+        return self.hardware.memory - self.total
+
+    @property
+    def fits(self) -> bool:
+        return self.total <= self.hardware.memory
+
+    @property
+    def verdict(self) -> str:
+        if not self.fits:
+            return "does not fit"
+        return "fits (tight: under 5% headroom)" if self.headroom < 0.05 * self.hardware.memory else "fits"
+
+
+def resolve(inp: PlanInput, hw: Hardware) -> PlanInput:
+    """Fill the hardware-dependent defaults (dtype, reference) and check the combination."""
+    dtype = inp.dtype or hw.default_dtype
+    if dtype == "bf16" and not hw.bf16:
+        raise UserError(f"{hw.name} has no bf16 support", where="plan input dtype", hint="use fp16 (or fp32)")
+    if inp.quant != "none" and not hw.supports_quantization:
+        raise UserError("4-bit/8-bit weights need a CUDA GPU (bitsandbytes)", where="plan input quant",
+                        hint="plan with quant='none' on CPU")
+    ref = inp.reference
+    if inp.method not in _NEEDS_REF:
+        ref = "none"
+    elif ref == "auto":
+        ref = "adapter" if inp.lora_r > 0 else "copy"
+    elif ref == "none":
+        raise UserError(f"{inp.method} needs a reference model", where="plan input reference",
+                        hint="use 'adapter' (LoRA), 'copy' or 'precomputed'")
+    if ref == "adapter" and inp.lora_r == 0:
+        raise UserError("the adapter-disabled reference needs LoRA", where="plan input reference",
+                        hint="use reference 'copy' or 'precomputed' with full fine-tuning")
+    if ref == "precomputed" and inp.method == "ppo":
+        raise UserError("PPO samples its completions online, so reference log-probs cannot be precomputed",
+                        where="plan input reference", hint="use 'adapter' (LoRA) or 'copy'")
+    return replace(inp, dtype=dtype, reference=ref, device=hw.kind)
+
+
+def _tokens(inp: PlanInput) -> tuple[int, int, int]:
+    """(sequences, positions per sequence, LM-head positions) of one micro-batch's training forward."""
+    b, s, p = inp.micro_batch, inp.seq_len, inp.prompt_len
+    if inp.method in _PAIRED and inp.prefix_sharing:
+        seqs, length = b, 2 * s - p  # prompt once, then chosen and rejected: one sequence per pair
+    elif inp.method in _PAIRED:
+        seqs, length = 2 * b, s  # chosen and rejected both in the forward pass
+    else:
+        seqs, length = b, s
+    head_positions = seqs * ((2 * (s - p) if inp.prefix_sharing and inp.method in _PAIRED else s - p)
+                             if inp.completion_only_logits else length)
+    return seqs, length, head_positions
+
+
+def _logits(inp: PlanInput, positions: int, per_elem: int, c: Calibration) -> int:
+    if inp.completion_only_logits:  # chunked, recomputed log-softmax: one chunk alive at a time
+        positions = min(positions, c.logit_chunk_tokens)
+    return positions * inp.arch.vocab * per_elem
+
+
+def estimate(inp: PlanInput, hardware: Hardware | str = "t4", calib: Calibration = CALIBRATION) -> Plan:
+    """Predict the peak memory of `inp` on `hardware`, broken down by component."""
+    hw = get_hardware(hardware)
+    inp = resolve(inp, hw)
+    arch, a, c = inp.arch, DTYPE_BYTES[inp.dtype], calib
+    plan = Plan(inp, hw)
+    lora = inp.lora_r > 0
+    scalar_head = inp.method == "reward"
+    base = weight_bytes(arch, inp.quant, a, inp.double_quant, scalar_head=scalar_head)
+    n_models = 2 if inp.method == "ppo" else 1  # PPO trains a policy and a value model
+    n_trainable = arch.n_params if not lora else lora_params(arch, inp.lora_r, inp.targets)
+    if scalar_head and lora:
+        n_trainable += arch.hidden  # the score head is trained too (modules_to_save)
+    plan.add("policy weights", base)
+    if inp.method == "ppo":
+        value = weight_bytes(arch, inp.quant, a, inp.double_quant, scalar_head=True)
+        plan.add("reward model weights", value)
+        plan.add("value model weights", value)
+        n_trainable += arch.hidden if lora else 0
+    if inp.reference == "copy":
+        plan.add("reference weights", weight_bytes(arch, inp.quant, a, inp.double_quant))
+    if lora:
+        plan.add("LoRA adapters (fp32)", 4 * n_trainable * n_models)  # peft keeps adapters in fp32
+        plan.add("gradients (fp32)", 4 * n_trainable * n_models)
+    else:
+        plan.add("gradients", (4 if a == 2 else a) * n_trainable * n_models)  # of the fp32 master weights
+        if a == 2:
+            plan.add("master weights (fp32)", 4 * n_trainable * n_models)
+    opt = 8.0 if inp.optimizer == "adamw" else 2.0 + 8 / 2048  # m and v; 8-bit: + a fp32 scale per 2048
+    plan.add(f"optimizer states ({inp.optimizer})", opt * n_trainable * n_models)
+    plan.add("CUDA context" if hw.kind == "gpu" else "Python + torch baseline",
+             c.cuda_context if hw.kind == "gpu" else c.cpu_baseline)
+
+    # train phase: saved activations (+ one recomputed layer with checkpointing) and the logits' backward
+    scale = c.activation_scale_gpu if hw.kind == "gpu" else c.activation_scale_cpu
+    targets = inp.targets if lora else None
+    seqs, length, head_pos = _tokens(inp)
+    per_tok_layer = activation_bytes(arch, a, targets, inp.lora_dropout, mask_bytes=1 if hw.kind == "gpu" else 4)
+    tokens = seqs * length
+    if inp.grad_ckpt:  # each block keeps only its input; backward recomputes one block at a time
+        act = tokens * (arch.layers * a * arch.hidden + per_tok_layer)
+    else:
+        act = tokens * arch.layers * per_tok_layer
+    if inp.prefix_sharing and inp.method in _PAIRED:
+        act += seqs * length * length * a  # the 2-D attention mask that keeps chosen and rejected apart
+    plan.add("activations" + (" (checkpointed)" if inp.grad_ckpt else ""), scale * act * n_models, "train")
+    if not scalar_head:
+        plan.add("logits", _logits(inp, head_pos, c.logit_bytes_train, c), "train")
+
+    # no-grad forwards: one block's intermediates + the logits of that forward
+    nograd_elem = c.logit_bytes_nograd + (a if a < 4 else 0)
+    nograd_act = tokens * activation_bytes(arch, a, None, 0.0, frozen=True)
+    if inp.reference in ("adapter", "copy") and inp.method != "ppo":
+        plan.add("reference forward (no grad)", nograd_act + _logits(inp, head_pos, nograd_elem, c), "nograd")
+    if inp.method == "ppo":  # rollouts, then reference/reward/value scoring, then the PPO update
+        kv = 2 * arch.layers * arch.kv_dim * a * inp.micro_batch * inp.seq_len
+        plan.add("generation KV cache", kv, "generate")
+        plan.add("generation forward (no grad)", inp.micro_batch * activation_bytes(arch, a, None, 0.0, frozen=True),
+                 "generate")
+        plan.add("scoring forwards (no grad)", nograd_act + _logits(inp, head_pos, nograd_elem, c), "nograd")
+    if inp.method == "kto":
+        plan.notes.append("KTO's KL batch is a no-grad forward: it costs time, not peak memory.")
+    return plan
+
+
+def plan_from_args(model: str | Arch = "default", method: str = "dpo", *, gpu: str | Hardware = "t4",
+                   ram: str | None = None, **settings) -> Plan:
+    """One call for the CLI: ``plan_from_args("7b", "dpo", gpu="t4", quant="4bit", lora_r=16, ...)``.
+
+    `settings` are `PlanInput` fields (lora_r, lora_targets, quant, dtype, micro_batch, seq_len,
+    prompt_len, grad_ckpt, optimizer, reference, prefix_sharing, completion_only_logits, ...).
+    """
+    hw = get_hardware(gpu, ram=ram) if not isinstance(gpu, Hardware) else gpu
+    return estimate(PlanInput(arch=load_arch(model), method=method, **settings), hw)
+
+
+def gib(nbytes: float) -> str:
+    return f"{nbytes / GiB:.2f} GiB"
+
+
+def plan_to_dict(plan: Plan) -> dict:
+    """A JSON-ready view: settings, components (bytes and phase), peak, verdict."""
+    settings = {k: v for k, v in asdict(plan.input).items() if k != "arch"}
+    return {
+        "model": plan.input.arch.name, "n_params": plan.input.arch.n_params, "settings": settings,
+        "hardware": {"name": plan.hardware.name, "memory": plan.hardware.memory},
+        "components": {n: {"bytes": b, "phase": plan.phases[n]} for n, b in plan.components.items()},
+        "peak_phase": plan.peak_phase, "total": plan.total, "headroom": plan.headroom,
+        "fits": plan.fits, "verdict": plan.verdict, "notes": list(plan.notes),
+    }
+
+
+def format_table(plan: Plan) -> str:
+    """The plan as a text table (rich), one row per component, then the peak and the verdict."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    inp = plan.input
+    header = (f"{inp.method} on {inp.arch.name} ({inp.arch.n_params / 1e9:.2f}B params), {plan.hardware.name} "
+              f"({gib(plan.hardware.memory)})\n{inp.dtype}, quant {inp.quant}, "
+              f"{'LoRA r=' + str(inp.lora_r) if inp.lora_r else 'full fine-tuning'}, micro-batch {inp.micro_batch} x "
+              f"{inp.seq_len} tokens, grad ckpt {'on' if inp.grad_ckpt else 'off'}, reference {inp.reference}\n")
+    table = Table()
+    table.add_column("component")
+    table.add_column("phase")
+    table.add_column("memory", justify="right")
+    for name, nbytes in plan.components.items():
+        phase = plan.phases[name]
+        style = "dim" if phase not in ("persistent", plan.peak_phase) else None
+        table.add_row(name, phase, gib(nbytes), style=style)
+    table.add_section()
+    table.add_row(f"peak = persistent + {plan.peak_phase}", "", gib(plan.total), style="bold")
+    table.add_row(f"{plan.verdict}", "headroom", gib(plan.headroom), style="bold green" if plan.fits else "bold red")
+    out = io.StringIO()
+    Console(file=out, width=120, no_color=True).print(table)
+    return header + out.getvalue() + "".join(f"note: {n}\n" for n in plan.notes)
+
+
+def worked_examples() -> str:
+    """The answers quoted in docs/PLANNER.md: ``python -m alignkit.plan.memory``."""
+    lines = ["(a) 7B (Llama-2-7b shape) DPO, QLoRA r=16 on q,k,v,o, fp16, T4 (15.0 GiB)"]
+    qlora = dict(lora_r=16, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"), quant="4bit")
+    for ref in ("adapter", "copy"):
+        for ckpt in (True, False):
+            for mb, s in ((1, 512), (2, 512), (2, 1024), (4, 1024), (2, 2048)):
+                p = plan_from_args("7b", "dpo", gpu="t4", reference=ref, grad_ckpt=ckpt, micro_batch=mb,
+                                   seq_len=s, **qlora)
+                lines.append(f"  ref={ref:7s} ckpt={'on ' if ckpt else 'off'} micro_batch={mb} seq_len={s:4d}: "
+                             f"{gib(p.total):>10s}  {p.verdict}")
+    p = plan_from_args("7b", "dpo", gpu="t4", reference="adapter", grad_ckpt=True, micro_batch=2, seq_len=1024, **qlora)
+    lines.append(format_table(p))
+    lines.append("(b) 7B RLHF with PPO on a T4: policy (QLoRA), reference (adapter off), reward and value models (4-bit)")
+    for mb, s in ((1, 512), (4, 512), (8, 1024)):
+        p = plan_from_args("7b", "ppo", gpu="t4", grad_ckpt=True, micro_batch=mb, seq_len=s, **qlora)
+        lines.append(f"  micro_batch={mb} seq_len={s}: {gib(p.total)}  {p.verdict}")
+    p = plan_from_args("7b", "ppo", gpu="t4", grad_ckpt=True, micro_batch=4, seq_len=512, **qlora)
+    lines.append(format_table(p))
+    p = plan_from_args("7b", "ppo", gpu="t4", grad_ckpt=True, micro_batch=4, seq_len=512, reference="copy", **qlora)
+    lines.append(f"  same with a reference copy (the course's 'three 7B models'): {gib(p.total)}  {p.verdict}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(worked_examples())

@@ -1,0 +1,184 @@
+"""The training loop: one explicit loop on `accelerate`, readable top to bottom.
+
+Every optimizer step consumes `gradient_accumulation_steps x processes` micro-batches from a
+schedule fixed by the seed before training starts, so the data position is just the step number
+and a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from alignkit.errors import UserError
+from alignkit.train.checkpoint import save_checkpoint
+
+
+def make_schedule(lengths: list[int], micro_batch: int, epochs: float, seed: int) -> list[list[int]]:
+    """Micro-batches of item indices for the whole run.
+
+    Each epoch shuffles the items, sorts them by length inside windows of 16 micro-batches (so a
+    micro-batch holds rows of similar length and little padding), then shuffles the micro-batches.
+    Fractional epochs cut the last epoch short.
+    """
+    n = len(lengths)
+    per_epoch = math.ceil(n / micro_batch)
+    total = max(1, math.ceil(per_epoch * epochs))
+    schedule: list[list[int]] = []
+    epoch = 0
+    while len(schedule) < total:
+        rng = random.Random(seed * 1_000_003 + epoch)
+        order = list(range(n))
+        rng.shuffle(order)
+        window = micro_batch * 16
+        batches = []
+        for w in range(0, n, window):
+            chunk = sorted(order[w:w + window], key=lambda i: lengths[i])
+            batches += [chunk[i:i + micro_batch] for i in range(0, len(chunk), micro_batch)]
+        rng.shuffle(batches)
+        schedule += batches
+        epoch += 1
+    return schedule[:total]
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    bad_steps: int = 0  # consecutive non-finite steps
+    skipped_steps: int = 0
+    tokens_seen: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+class Interrupt:
+    """Turns SIGINT/SIGTERM into a flag the loop checks after each step (then saves and exits)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def run_loop(*, accelerator, model, forward, objective, items, schedule, optimizer, scheduler,
+             total_steps: int, steps_per_epoch: float, tcfg, state: LoopState, run_dir: Path, log_file: Path,
+             evaluate=None, progress=None, console=print) -> LoopState:
+    """Train from `state.step` to `total_steps`. Returns the final state; `state.step < total_steps`
+    means the run was interrupted (a checkpoint was written)."""
+    A, W, rank = tcfg.gradient_accumulation_steps, accelerator.num_processes, accelerator.process_index
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    with Interrupt() as interrupt:
+        while state.step < total_steps:
+            t0 = time.perf_counter()
+            step_batches = schedule[state.step * A * W:(state.step + 1) * A * W]
+            mine = step_batches[rank::W]
+            # Normalize by the whole step's weight (all micro-batches, all processes) so that the
+            # micro-batch losses add up to the full-batch mean: 1 x 8 accumulation == 8 x 1.
+            step_weight = sum(objective.weight([items[i] for i in mb]) for mb in step_batches) / W
+            sums: dict[str, float] = {}
+            n_tokens = n_padded = 0
+            for k, ids in enumerate(mine):
+                batch = objective.collate([items[i] for i in ids]).to(accelerator.device)
+                n_tokens += batch.n_tokens
+                n_padded += batch.n_padded
+                sync = accelerator.no_sync(forward) if k < len(mine) - 1 else _null()
+                with sync, accelerator.autocast():
+                    loss_sum, metrics = objective.loss(forward, model, batch, ids)
+                    accelerator.backward(loss_sum / step_weight)
+                for key, v in metrics.items():
+                    sums[key] = sums.get(key, 0.0) + float(v)
+            grad_norm = _clip(accelerator, params, tcfg.max_grad_norm)
+            finite = math.isfinite(sums.get("loss", 0.0)) and math.isfinite(grad_norm)
+            if finite:
+                optimizer.step()
+                state.bad_steps = 0
+            else:
+                state.bad_steps += 1
+                state.skipped_steps += 1
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            state.tokens_seen += n_tokens
+            dt = time.perf_counter() - t0
+            row = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4)}
+            row.update({k: v / step_weight for k, v in sums.items()})
+            row.update({"grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
+                        "tokens_per_s": n_tokens * W / dt, "padding": 1 - n_tokens / max(n_padded, 1),
+                        "skipped": not finite})
+            if not finite and state.bad_steps >= tcfg.max_bad_steps:
+                _append(log_file, row, accelerator)
+                raise UserError(
+                    f"{state.bad_steps} optimizer steps in a row had a non-finite loss or gradient "
+                    f"(last: loss={row.get('loss')}, grad_norm={grad_norm}); stopped without saving "
+                    f"non-finite weights",
+                    where=f"step {state.step}, rows {sorted(i for mb in step_batches for i in mb)[:16]}",
+                    hint="lower train.learning_rate, use float32 or bf16 instead of fp16, check those rows")
+            if state.step % tcfg.log_every == 0 or state.step == total_steps:
+                _append(log_file, row, accelerator)
+                accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=state.step)
+            if progress is not None:
+                progress(state.step, total_steps, row)
+            if evaluate is not None and tcfg.eval_every and state.step % tcfg.eval_every == 0 \
+                    and state.step < total_steps:
+                _append(log_file, {"step": state.step, **evaluate()}, accelerator)
+                model.train()
+            save_now = tcfg.save_every and state.step % tcfg.save_every == 0
+            if (save_now or interrupt.requested) and state.step < total_steps:
+                save(accelerator, model, optimizer, scheduler, state, run_dir, tcfg.keep_checkpoints)
+            if interrupt.requested:
+                console(f"interrupted: checkpoint saved at step {state.step}; continue with "
+                        f"`alignkit train --resume {run_dir}`")
+                return state
+    return state
+
+
+def save(accelerator, model, optimizer, scheduler, state: LoopState, run_dir: Path, keep: int) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint(run_dir, state.step, accelerator.unwrap_model(model), optimizer, scheduler,
+                        {"step": state.step, "skipped_steps": state.skipped_steps,
+                         "tokens_seen": state.tokens_seen}, keep=keep)
+
+
+def _clip(accelerator, params, max_norm) -> float:
+    if max_norm is None:
+        norms = [p.grad.detach().norm() for p in params if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+    return float(accelerator.clip_grad_norm_(params, max_norm))
+
+
+def _append(path: Path, row: dict, accelerator) -> None:
+    if accelerator.is_main_process:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

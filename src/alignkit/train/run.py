@@ -1,0 +1,272 @@
+"""`alignkit train`: a config in, a run directory out.
+
+Order of work: check the run directory, load tokenizer and data (cheap errors first), load the
+model, set up LoRA and the reference, build the schedule, resume if asked, train, save `final/`,
+evaluate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from transformers import get_scheduler
+
+from alignkit.config import RunConfig, dump_config
+from alignkit.data import formats, tokenize
+from alignkit.errors import UserError
+from alignkit.models import apply_lora, count_parameters, load_model, load_tokenizer
+from alignkit.train import reference as refs
+from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
+from alignkit.train.loop import LoopState, make_schedule, run_loop
+from alignkit.train.objectives import PolicyForward, PreferenceObjective, SFTObjective
+
+PAIRED = ("dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo")
+
+
+@dataclass
+class Prepared:
+    train: list
+    eval: list
+    report: str
+
+
+def system_prompt(cfg: RunConfig) -> str | None:
+    if not cfg.data.system_prompt_file:
+        return None
+    path = Path(cfg.data.system_prompt_file)
+    if not path.is_file():
+        raise UserError("system prompt file not found", where=f"config field data.system_prompt_file ({path})",
+                        hint="fix the path or set data.system_prompt_file: null")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def prepare_data(cfg: RunConfig, tokenizer) -> Prepared:
+    """Load, validate, split and tokenize the training (and eval) data for the run's method."""
+    if cfg.method == "kto":
+        raise UserError("method kto is not wired into `alignkit train` yet", where="config field method",
+                        hint="use dpo, or a paired relative")
+    load = formats.load_sft if cfg.method == "sft" else formats.load_preferences
+    tok = tokenize.tokenize_sft_rows if cfg.method == "sft" else tokenize.tokenize_pairs
+    system = system_prompt(cfg)
+    rows, rep = load(cfg.data.train, system=system, skip_invalid=cfg.data.skip_invalid)
+    if cfg.data.max_rows:
+        rows = rows[:cfg.data.max_rows]
+    if cfg.data.eval:
+        eval_rows, erep = load(cfg.data.eval, system=system, skip_invalid=cfg.data.skip_invalid)
+    else:
+        rows, eval_rows = formats.split_train_eval(rows, cfg.data.eval_fraction, cfg.train.seed)
+        erep = None
+    kw = dict(max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length,
+              skip_invalid=cfg.data.skip_invalid)
+    train, ts = tok(tokenizer, rows, **kw)
+    evals, es = tok(tokenizer, eval_rows, **kw) if eval_rows else ([], None)
+    if not train:
+        raise UserError("no training rows left after tokenization", where=cfg.data.train)
+    lines = [f"train: {len(train)} rows from {cfg.data.train} ({rep.skipped} invalid skipped)",
+             f"  truncated: {ts.prompt_truncated} prompts, {ts.completion_truncated} completions"
+             f" (max_length {cfg.data.max_length}); {ts.skipped} rows too long skipped"]
+    if evals:
+        lines.append(f"eval: {len(evals)} rows" + (f" from {cfg.data.eval}" if erep else " split off train"))
+    return Prepared(train, evals, "\n".join(lines))
+
+
+def _item_length(item) -> int:
+    if hasattr(item, "chosen_ids"):
+        return len(item.prompt_ids) + len(item.chosen_ids) + len(item.rejected_ids)
+    return len(item.prompt_ids) + len(item.completion_ids)
+
+
+def prepare_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool) -> Path:
+    run = Path(cfg.output_dir)
+    if run.exists() and any(run.iterdir()) and not resume:
+        if not overwrite:
+            raise UserError("the output directory already holds a run", where=str(run),
+                            hint="pass --resume to continue it, --overwrite to replace it, "
+                                 "or set output_dir to a new directory")
+        shutil.rmtree(run)
+    run.mkdir(parents=True, exist_ok=True)
+    return run
+
+
+def _reference(cfg: RunConfig, model, lora: bool, objective_needs_ref: bool, pairs, evals, pad_id, device, console):
+    if not objective_needs_ref:
+        return None, "none"
+    kind = cfg.train.reference
+    if kind == "auto":
+        kind = "adapter" if lora else "precomputed"
+    if kind == "none":
+        raise UserError(f"method {cfg.method} needs a reference model", where="config field train.reference",
+                        hint="use auto, adapter, copy or precomputed")
+    if kind == "adapter":
+        if not lora:
+            raise UserError("reference 'adapter' needs LoRA (the reference is the base with the adapter off)",
+                            where="config field train.reference", hint="use copy or precomputed for full fine-tuning")
+        return refs.AdapterReference(), kind
+    if kind == "copy":
+        return refs.CopyReference(model), kind
+    key = refs.model_fingerprint(cfg.model.name_or_path, cfg.model.dtype)
+    table, _, _ = refs.cached_reference_table(model, pairs + evals, model_key=key, pad_id=pad_id,
+                                              batch_size=cfg.train.micro_batch_size, device=device, log=console)
+    return refs.PrecomputedReference(table), kind
+
+
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, console=print,
+          progress=None) -> Path:
+    """Run `cfg` to completion (or resume it); returns the run directory."""
+    run = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    tcfg = cfg.train
+    mp = tcfg.mixed_precision
+    if not torch.cuda.is_available():
+        mp = "no"
+    elif mp == "auto":
+        mp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    accelerator = Accelerator(mixed_precision=mp, log_with=tcfg.trackers or None, project_dir=str(run))
+    set_seed(tcfg.seed)
+    tokenizer = load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
+    data = prepare_data(cfg, tokenizer)
+    console(data.report)
+    model = load_model(cfg.model.name_or_path, dtype=cfg.model.dtype, device=accelerator.device,
+                       trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle,
+                       attn_implementation=cfg.model.attn_implementation, quantization=cfg.model.quantization)
+    lora = cfg.model.lora.enabled
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    pad_id = tokenizer.pad_token_id
+    needs_ref = cfg.method in PAIRED and _needs_ref(cfg.method)
+    pairs = data.train if cfg.method in PAIRED else []
+    evals = data.eval if cfg.method in PAIRED else []
+    # A frozen copy / precomputed table must come from the starting weights, before LoRA or training.
+    ref, ref_kind = (None, "none")
+    if needs_ref and not lora:
+        ref, ref_kind = _reference(cfg, model, False, True, pairs, evals, pad_id, accelerator.device, console)
+    if lora:
+        lc = cfg.model.lora
+        model = apply_lora(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=lc.target_modules,
+                           gradient_checkpointing=cfg.model.gradient_checkpointing)
+        if needs_ref:
+            ref, ref_kind = _reference(cfg, model, True, True, pairs, evals, pad_id, accelerator.device, console)
+    trainable, total = count_parameters(model)
+    if trainable == 0:
+        raise UserError("the model has no trainable parameters", where="config field model.lora",
+                        hint="check model.lora.target_modules")
+    if cfg.method == "sft":
+        objective = SFTObjective(pad_id)
+    else:
+        objective = PreferenceObjective(cfg.method, tcfg.model_dump(), pad_id, ref, shared=tcfg.prefix_sharing)
+        objective.eval_offset = len(pairs)  # eval pairs follow train pairs in a precomputed table
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.learning_rate,
+                                  weight_decay=tcfg.weight_decay)
+    lengths = [_item_length(x) for x in data.train]
+    per_step = tcfg.gradient_accumulation_steps * accelerator.num_processes
+    per_epoch = math.ceil(len(lengths) / tcfg.micro_batch_size)  # micro-batches
+    epochs = tcfg.max_steps * per_step / per_epoch if tcfg.max_steps else tcfg.epochs
+    schedule = make_schedule(lengths, tcfg.micro_batch_size, epochs, tcfg.seed)
+    total_steps = tcfg.max_steps or math.ceil(len(schedule) / per_step)
+    scheduler = get_scheduler(tcfg.lr_scheduler if tcfg.lr_scheduler != "constant" else "constant_with_warmup",
+                              optimizer, num_warmup_steps=int(tcfg.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    forward = PolicyForward(model)
+    forward, optimizer, scheduler = accelerator.prepare(forward, optimizer, scheduler)
+    state = LoopState()
+    log_file = run / "log.jsonl"
+    if resume:
+        state = _resume(run, model, optimizer, scheduler, log_file, console)
+    else:
+        log_file.write_text("")
+    if accelerator.is_main_process:
+        (run / "config.yaml").write_text(dump_config(cfg))
+        _write_run_json(run, cfg, status="running", steps=total_steps, trainable=trainable, total=total,
+                        reference=ref_kind, data=data.report)
+    if tcfg.trackers:
+        accelerator.init_trackers(run.name, config=json.loads(json.dumps(cfg.model_dump(mode="json"))))
+    console(f"{cfg.method}: {total_steps} steps x {per_step} micro-batches of {tcfg.micro_batch_size}; "
+            f"trainable {trainable:,} / {total:,} params; reference: {ref_kind}")
+
+    def evaluate():
+        from alignkit.train.evaluate import pair_metrics
+        return pair_metrics(model, objective, data.eval, tcfg.micro_batch_size, accelerator.device)
+
+    t0 = time.perf_counter()
+    state = run_loop(accelerator=accelerator, model=model, forward=forward, objective=objective,
+                     items=data.train, schedule=schedule, optimizer=optimizer, scheduler=scheduler,
+                     total_steps=total_steps, steps_per_epoch=per_epoch / per_step, tcfg=tcfg, state=state, run_dir=run, log_file=log_file,
+                     evaluate=evaluate if data.eval else None, progress=progress, console=console)
+    if state.step < total_steps:
+        _write_run_json(run, cfg, status="interrupted", steps=total_steps, done=state.step)
+        return run
+    if data.eval and accelerator.is_main_process:
+        with open(log_file, "a") as f:
+            f.write(json.dumps({"step": state.step, **evaluate()}) + "\n")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_final(accelerator.unwrap_model(forward).model, tokenizer, run)
+        _write_run_json(run, cfg, status="done", steps=total_steps, done=state.step,
+                        train_seconds=round(time.perf_counter() - t0, 1), skipped_steps=state.skipped_steps,
+                        peak_memory_mb=peak_memory_mb(accelerator.device))
+    accelerator.end_training()
+    return run
+
+
+def _needs_ref(method: str) -> bool:
+    from alignkit.losses import LOSSES
+    return LOSSES[method].needs_reference
+
+
+def _resume(run: Path, model, optimizer, scheduler, log_file: Path, console) -> LoopState:
+    ckpt, notes = latest_checkpoint(run)
+    for n in notes:
+        console(n)
+    if ckpt is None:
+        if (run / "final").is_dir():
+            raise UserError("this run already finished", where=str(run), hint="start a new output_dir")
+        console("no complete checkpoint: starting from step 0")
+        log_file.write_text("")
+        return LoopState()
+    ts = load_checkpoint(ckpt, model, optimizer, scheduler)
+    console(f"resuming from {ckpt} (step {ts['step']})")
+    # Keep the log rows up to the checkpoint, so the log equals an uninterrupted run's.
+    rows = [ln for ln in log_file.read_text().splitlines() if ln.strip()] if log_file.exists() else []
+    kept = [ln for ln in rows if json.loads(ln).get("step", 0) <= ts["step"]]
+    log_file.write_text("".join(ln + "\n" for ln in kept))
+    return LoopState(step=ts["step"], skipped_steps=ts.get("skipped_steps", 0), tokens_seen=ts.get("tokens_seen", 0))
+
+
+def save_final(model, tokenizer, run: Path) -> None:
+    """final/: the adapter (LoRA) or the full model, in safetensors, with the tokenizer."""
+    tmp = run / ".tmp-final"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for name, p in model.named_parameters():
+        if p.requires_grad and not torch.isfinite(p).all():
+            raise FloatingPointError(f"refusing to save non-finite weights ({name})")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    final = run / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+
+
+def peak_memory_mb(device) -> float:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _write_run_json(run: Path, cfg: RunConfig, **fields) -> None:
+    path = run / "run.json"
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    base = cfg.model.name_or_path
+    if Path(base).exists():  # absolute, so the chain resolves from any working directory
+        base = str(Path(base).resolve())
+    info.update(method=cfg.method, base=base, lora=cfg.model.lora.enabled, **fields)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=1))
+    tmp.replace(path)
