@@ -15,6 +15,7 @@ from alignkit.data.formats import (
     load_kto,
     load_preferences,
     load_sft,
+    normalize_row,
     split_train_eval,
 )
 from alignkit.errors import UserError
@@ -159,6 +160,15 @@ def test_iter_rows_raw_lines_and_yielded_errors(tmp_path):
     assert [obj.reason for _, obj in items[1:3]] == ["invalid JSON", "not a JSON object"]
     with pytest.raises(RowError, match="not valid JSON"):
         list(iter_rows_raw(path))
+
+
+def test_normalize_row_is_the_loaders_normaliser():
+    (row,) = normalize_row({"prompt": "Q", "chosen": "A", "rejected": "B"}, "x:1", system="S")
+    assert row == PreferenceRow((system("S"), user("Q")), "A", "B", "x:1")
+    assert len(normalize_row({"prompt": "Q", "chosen": "A", "rejected": "B"}, "x:1", kind="kto")) == 2
+    with pytest.raises(RowError) as info:
+        normalize_row({"prompt": "Q", "chosen": 1, "rejected": "B"}, "x:1")
+    assert info.value.where == "x:1 field 'chosen'" and info.value.reason == "wrong type in field 'chosen'"
 
 
 # --- errors: each names file, line and field ---------------------------------------------------------

@@ -14,14 +14,14 @@ transformers = pytest.importorskip("transformers")
 
 from alignkit.plan.architectures import Arch, activation_bytes  # noqa: E402
 
-H, I, HEADS, KV, V, B, S = 128, 352, 4, 2, 512, 2, 32
+H, INTER, HEADS, KV, V, B, S = 128, 352, 4, 2, 512, 2, 32
 
 
 def _saved_bytes(layers: int, dtype, lora_targets, dropout: float) -> int:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=H, intermediate_size=I, num_hidden_layers=layers, num_attention_heads=HEADS,
+    cfg = LlamaConfig(hidden_size=H, intermediate_size=INTER, num_hidden_layers=layers, num_attention_heads=HEADS,
                       num_key_value_heads=KV, vocab_size=V, attn_implementation="sdpa")
     model = LlamaForCausalLM(cfg).to(dtype)
     if lora_targets:
@@ -61,7 +61,7 @@ def test_activation_bytes_match_saved_tensors(dtype, a, targets, dropout):
     dt = getattr(torch, dtype)
     per_layer = (_saved_bytes(3, dt, targets, dropout) - _saved_bytes(1, dt, targets, dropout)) / 2
     measured = per_layer / (B * S)
-    arch = Arch("tiny", H, 1, HEADS, KV, I, V, False)
+    arch = Arch("tiny", H, 1, HEADS, KV, INTER, V, False)
     predicted = activation_bytes(arch, a, targets, dropout, mask_bytes=4)  # CPU dropout: fp32 noise
     # within 3%: the formula leaves out per-row statistics (rsqrt, logsumexp) and LoRA's r-wide outputs
     assert predicted == pytest.approx(measured, rel=0.03), (predicted, measured)

@@ -50,6 +50,7 @@ __all__ = [
     "load_kto",
     "load_preferences",
     "load_sft",
+    "normalize_row",
     "split_train_eval",
 ]
 
@@ -488,22 +489,37 @@ def _kto(raw: dict, source: str, system: str | None) -> list[KTORow]:
 R = TypeVar("R")
 
 
+_NORMALIZERS: dict[str, Callable[[dict, str, str | None], list[Any]]] = {
+    "preference": _preference,
+    "sft": _sft,
+    "kto": _kto,
+}
+
+
+def normalize_row(
+    raw: dict, source: str, *, kind: str = "preference", system: str | None = None
+) -> list[Any]:
+    """Normalise one raw object (from `iter_rows_raw`) the way the loaders do.
+
+    Returns a list: one row, or two for a preference pair unpaired by ``kind="kto"``. Raises `RowError`
+    (``where`` = ``"<source> field 'x'"``, ``reason`` = the counting key) for an invalid row.
+    """
+    try:
+        return _NORMALIZERS[kind](raw, source, system)
+    except _Invalid as e:
+        where = source + (f" field '{e.field}'" if e.field else "")
+        raise RowError(e.reason, e.message, where=where, hint=e.hint) from None
+
+
 def _load(
-    path: str | Path,
-    normalize: Callable[[dict, str, str | None], list[R]],
-    system: str | None,
-    skip_invalid: bool,
-) -> tuple[list[R], LoadReport]:
+    path: str | Path, kind: str, system: str | None, skip_invalid: bool
+) -> tuple[list[Any], LoadReport]:
     report, rows, reasons, first_error = LoadReport(str(path)), [], Counter(), None
     for line, raw in iter_rows_raw(path, errors="yield"):
         try:
             if isinstance(raw, RowError):
                 raise raw
-            try:
-                rows.extend(normalize(raw, f"{path}:{line}", system))
-            except _Invalid as e:
-                where = f"{path}:{line}" + (f" field '{e.field}'" if e.field else "")
-                raise RowError(e.reason, e.message, where=where, hint=e.hint) from None
+            rows.extend(normalize_row(raw, f"{path}:{line}", kind=kind, system=system))
         except RowError as e:
             if not skip_invalid:
                 raise
@@ -527,21 +543,21 @@ def load_preferences(
     path: str | Path, *, system: str | None = None, skip_invalid: bool = False
 ) -> tuple[list[PreferenceRow], LoadReport]:
     """Load (prompt, chosen, rejected) rows; see the module docstring for accepted shapes."""
-    return _load(path, _preference, system, skip_invalid)
+    return _load(path, "preference", system, skip_invalid)
 
 
 def load_sft(
     path: str | Path, *, system: str | None = None, skip_invalid: bool = False
 ) -> tuple[list[SFTRow], LoadReport]:
     """Load demonstrations: {prompt, completion}, {messages}, or preference rows (chosen side)."""
-    return _load(path, _sft, system, skip_invalid)
+    return _load(path, "sft", system, skip_invalid)
 
 
 def load_kto(
     path: str | Path, *, system: str | None = None, skip_invalid: bool = False
 ) -> tuple[list[KTORow], LoadReport]:
     """Load labelled rows {prompt, completion, label}; a preference row gives one row per answer."""
-    return _load(path, _kto, system, skip_invalid)
+    return _load(path, "kto", system, skip_invalid)
 
 
 def split_train_eval(rows: Iterable[R], eval_fraction: float, seed: int) -> tuple[list[R], list[R]]:

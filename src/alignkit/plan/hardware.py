@@ -83,7 +83,7 @@ def cpu(ram: str | int | None = None) -> Hardware:
         memory = int(psutil.virtual_memory().total)
     else:
         memory = parse_size(ram) if isinstance(ram, str) else int(ram)
-    return Hardware(f"cpu ({memory / GiB:.1f} GiB)", memory, "cpu", bf16=True, nominal=f"{memory / GiB:.0f} GiB RAM")
+    return Hardware("cpu", memory, "cpu", bf16=True, nominal=f"{memory / GiB:.0f} GiB RAM")
 
 
 def detect() -> Hardware:

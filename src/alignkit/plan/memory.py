@@ -64,8 +64,11 @@ class PlanInput:
     """The settings of one training run, as far as memory is concerned.
 
     ``lora_r = 0`` is full fine-tuning. ``dtype = None`` and ``reference = "auto"`` are resolved by
-    `estimate` (the hardware's precision; adapter switch-off with LoRA, a copy without).
-    ``seq_len`` is the longest sequence (prompt + completion); ``prompt_len`` the prompt part of it.
+    `estimate` (the hardware's precision; adapter switch-off with LoRA, precomputed log-probs without:
+    the rule of ``train.reference: auto`` in alignkit.config). ``seq_len`` is the longest sequence
+    (prompt + completion); ``prompt_len`` the prompt part of it. `prefix_sharing` and
+    `completion_only_logits` default to what alignkit's trainer does; set both False to plan a run
+    that forwards chosen and rejected separately and computes logits at every position (TRL's way).
     """
 
     arch: Arch
@@ -83,8 +86,8 @@ class PlanInput:
     grad_ckpt: bool = False
     optimizer: str = "adamw"
     reference: str = "auto"
-    prefix_sharing: bool = False
-    completion_only_logits: bool = False
+    prefix_sharing: bool = True
+    completion_only_logits: bool = True
     device: str = "gpu"
 
     def __post_init__(self):
@@ -178,7 +181,7 @@ def resolve(inp: PlanInput, hw: Hardware) -> PlanInput:
     if inp.method not in _NEEDS_REF:
         ref = "none"
     elif ref == "auto":
-        ref = "adapter" if inp.lora_r > 0 else "copy"
+        ref = "adapter" if inp.lora_r > 0 else "precomputed"
     elif ref == "none":
         raise UserError(f"{inp.method} needs a reference model", where="plan input reference",
                         hint="use 'adapter' (LoRA), 'copy' or 'precomputed'")
@@ -287,6 +290,23 @@ def plan_from_args(model: str | Arch = "default", method: str = "dpo", *, gpu: s
     return estimate(PlanInput(arch=load_arch(model), method=method, **settings), hw)
 
 
+_CONFIG_DTYPES = {"auto": None, "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def plan_input_from_config(cfg, arch: Arch | str | None = None) -> PlanInput:
+    """A `PlanInput` from an `alignkit.config.RunConfig` (duck-typed: only its fields are read)."""
+    m, d, t = cfg.model, cfg.data, cfg.train
+    lora = m.lora
+    return PlanInput(
+        arch=load_arch(arch if arch is not None else m.name_or_path), method=cfg.method,
+        lora_r=lora.r if lora.enabled else 0, lora_targets=tuple(lora.target_modules or ()) or "all-linear",
+        lora_dropout=lora.dropout, quant=m.quantization, dtype=_CONFIG_DTYPES.get(m.dtype),
+        micro_batch=t.micro_batch_size, grad_accum=t.gradient_accumulation_steps, seq_len=d.max_length,
+        prompt_len=min(d.max_prompt_length, d.max_length - 1), grad_ckpt=m.gradient_checkpointing,
+        reference=t.reference, prefix_sharing=t.prefix_sharing, completion_only_logits=True,
+    )
+
+
 def gib(nbytes: float) -> str:
     return f"{nbytes / GiB:.2f} GiB"
 
@@ -333,25 +353,22 @@ def format_table(plan: Plan) -> str:
 
 def worked_examples() -> str:
     """The answers quoted in docs/PLANNER.md: ``python -m alignkit.plan.memory``."""
-    lines = ["(a) 7B (Llama-2-7b shape) DPO, QLoRA r=16 on q,k,v,o, fp16, T4 (15.0 GiB)"]
-    qlora = dict(lora_r=16, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"), quant="4bit")
+    qlora = dict(lora_r=16, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"), quant="4bit", grad_ckpt=True)
+    plain = dict(prefix_sharing=False, completion_only_logits=False)  # separate forwards, full logits (TRL)
+    lines = ["(a) 7B (Llama-2-7b shape) DPO, QLoRA r=16 on q,k,v,o, fp16, grad ckpt, T4 (15.0 GiB)",
+             "    reference  forward            micro_batch x seq_len: predicted peak"]
     for ref in ("adapter", "copy"):
-        for ckpt in (True, False):
-            for mb, s in ((1, 512), (2, 512), (2, 1024), (4, 1024), (2, 2048)):
-                p = plan_from_args("7b", "dpo", gpu="t4", reference=ref, grad_ckpt=ckpt, micro_batch=mb,
-                                   seq_len=s, **qlora)
-                lines.append(f"  ref={ref:7s} ckpt={'on ' if ckpt else 'off'} micro_batch={mb} seq_len={s:4d}: "
-                             f"{gib(p.total):>10s}  {p.verdict}")
-    p = plan_from_args("7b", "dpo", gpu="t4", reference="adapter", grad_ckpt=True, micro_batch=2, seq_len=1024, **qlora)
-    lines.append(format_table(p))
-    lines.append("(b) 7B RLHF with PPO on a T4: policy (QLoRA), reference (adapter off), reward and value models (4-bit)")
-    for mb, s in ((1, 512), (4, 512), (8, 1024)):
-        p = plan_from_args("7b", "ppo", gpu="t4", grad_ckpt=True, micro_batch=mb, seq_len=s, **qlora)
-        lines.append(f"  micro_batch={mb} seq_len={s}: {gib(p.total)}  {p.verdict}")
-    p = plan_from_args("7b", "ppo", gpu="t4", grad_ckpt=True, micro_batch=4, seq_len=512, **qlora)
-    lines.append(format_table(p))
-    p = plan_from_args("7b", "ppo", gpu="t4", grad_ckpt=True, micro_batch=4, seq_len=512, reference="copy", **qlora)
-    lines.append(f"  same with a reference copy (the course's 'three 7B models'): {gib(p.total)}  {p.verdict}")
+        for label, fwd in (("plain", plain), ("alignkit", {})):
+            for mb, s in ((1, 512), (2, 1024), (4, 1024), (2, 2048), (8, 1024)):
+                p = plan_from_args("7b", "dpo", gpu="t4", reference=ref, micro_batch=mb, seq_len=s, **qlora, **fwd)
+                lines.append(f"    {ref:9s}  {label:17s}  {mb} x {s:4d}: {gib(p.total):>10s}  {p.verdict}")
+    lines.append(format_table(plan_from_args("7b", "dpo", gpu="t4", micro_batch=2, seq_len=1024, **qlora, **plain)))
+    lines.append("(b) 7B PPO on a T4: policy (QLoRA), reference (adapter off), reward and value models (4-bit), ckpt")
+    for ref in ("adapter", "copy"):
+        for mb, s in ((1, 512), (4, 512), (4, 1024), (8, 1024)):
+            p = plan_from_args("7b", "ppo", gpu="t4", reference=ref, micro_batch=mb, seq_len=s, **qlora, **plain)
+            lines.append(f"    reference {ref:7s} {mb} x {s:4d}: {gib(p.total):>10s}  {p.verdict}")
+    lines.append(format_table(plan_from_args("7b", "ppo", gpu="t4", micro_batch=4, seq_len=512, **qlora, **plain)))
     return "\n".join(lines)
 
 

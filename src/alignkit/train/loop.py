@@ -21,29 +21,27 @@ from alignkit.errors import UserError
 from alignkit.train.checkpoint import save_checkpoint
 
 
-def make_schedule(lengths: list[int], micro_batch: int, epochs: float, seed: int) -> list[list[int]]:
-    """Micro-batches of item indices for the whole run.
+def make_schedule(lengths: list[int], micro_batch: int, per_step: int, epochs: float, seed: int) -> list[list[int]]:
+    """Micro-batches of item indices for the whole run; each run of `per_step` of them is one step.
 
-    Each epoch shuffles the items, sorts them by length inside windows of 16 micro-batches (so a
-    micro-batch holds rows of similar length and little padding), then shuffles the micro-batches.
-    Fractional epochs cut the last epoch short.
+    Each epoch shuffles the items and cuts them into optimizer steps of `micro_batch x per_step`
+    items. Inside a step the items are sorted by length before being cut into micro-batches, so a
+    micro-batch holds rows of similar length (little padding), and *which* items a step sees does
+    not depend on how it is split: batch 1 x 8 accumulation sees the same rows as 8 x 1. Fractional
+    epochs cut the last epoch short.
     """
     n = len(lengths)
+    step_items = micro_batch * per_step
     per_epoch = math.ceil(n / micro_batch)
     total = max(1, math.ceil(per_epoch * epochs))
     schedule: list[list[int]] = []
     epoch = 0
     while len(schedule) < total:
-        rng = random.Random(seed * 1_000_003 + epoch)
         order = list(range(n))
-        rng.shuffle(order)
-        window = micro_batch * 16
-        batches = []
-        for w in range(0, n, window):
-            chunk = sorted(order[w:w + window], key=lambda i: lengths[i])
-            batches += [chunk[i:i + micro_batch] for i in range(0, len(chunk), micro_batch)]
-        rng.shuffle(batches)
-        schedule += batches
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        for s in range(0, n, step_items):
+            step = sorted(order[s:s + step_items], key=lambda i: (lengths[i], i))
+            schedule += [step[i:i + micro_batch] for i in range(0, len(step), micro_batch)]
         epoch += 1
     return schedule[:total]
 

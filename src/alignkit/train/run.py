@@ -168,7 +168,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, cons
     per_step = tcfg.gradient_accumulation_steps * accelerator.num_processes
     per_epoch = math.ceil(len(lengths) / tcfg.micro_batch_size)  # micro-batches
     epochs = tcfg.max_steps * per_step / per_epoch if tcfg.max_steps else tcfg.epochs
-    schedule = make_schedule(lengths, tcfg.micro_batch_size, epochs, tcfg.seed)
+    schedule = make_schedule(lengths, tcfg.micro_batch_size, per_step, epochs, tcfg.seed)
     total_steps = tcfg.max_steps or math.ceil(len(schedule) / per_step)
     scheduler = get_scheduler(tcfg.lr_scheduler if tcfg.lr_scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=int(tcfg.warmup_ratio * total_steps),

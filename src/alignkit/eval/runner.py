@@ -1,0 +1,162 @@
+"""Before/after evaluation of a model: what `alignkit train` runs at the end and `alignkit eval` runs alone.
+
+"Before" is the reference (the starting weights; with LoRA the same model with the adapter
+switched off, so no second copy is loaded) and "after" is the trained policy. Both answer the same
+probe prompts with greedy decoding, both score the same held-out pairs, and the KL of the policy
+from the reference is estimated on sampled answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+
+from alignkit.config import RunConfig, load_config
+from alignkit.data import formats, tokenize
+from alignkit.data.collate import collate_pairs
+from alignkit.data.task_api import parse_task
+from alignkit.errors import UserError
+from alignkit.eval.generation import generate
+from alignkit.eval.kl import estimate_kl
+from alignkit.eval.metrics import generation_metrics, preference_metrics
+from alignkit.eval.refusal import is_refusal
+from alignkit.logprobs import completion_logps
+from alignkit.models import load_model, load_tokenizer
+
+STABLE_KEYS = ("refusal_rate/harmful", "over_refusal/benign", "over_refusal/alarming", "task_valid/benign",
+               "reward_accuracy", "reward_margin", "kl", "response_length")
+
+
+def load_probes(path: str | Path, system: str | None, limit: int | None = None) -> list[dict]:
+    """Probe rows {prompt, category} -> {"messages", "prompt", "category"}."""
+    probes = []
+    for line, raw in formats.iter_rows_raw(path):
+        if not isinstance(raw.get("prompt"), str) or raw.get("category") not in ("harmful", "benign", "alarming"):
+            raise UserError("a probe needs a string 'prompt' and a 'category' of harmful, benign or alarming",
+                            where=f"{path}:{line}")
+        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": raw["prompt"]}]
+        probes.append({"messages": msgs, "prompt": raw["prompt"], "category": raw["category"]})
+    return probes[:limit] if limit else probes
+
+
+@torch.no_grad()
+def pair_logps(model, pairs, pad_id: int, batch_size: int = 8) -> torch.Tensor:
+    """(n, 2) chosen/rejected completion log-probs of tokenized pairs."""
+    model.eval()
+    out = [completion_logps(model, collate_pairs(pairs[i:i + batch_size], pad_id).to(model.device))[0].reshape(-1, 2)
+           for i in range(0, len(pairs), batch_size)]
+    return torch.cat(out).cpu() if out else torch.zeros(0, 2)
+
+
+def _gen_metrics(model, tokenizer, probes, ecfg) -> tuple[dict, list[str]]:
+    answers = generate(model, tokenizer, [p["messages"] for p in probes], max_new_tokens=ecfg.max_new_tokens,
+                       batch_size=ecfg.batch_size, do_sample=ecfg.do_sample)
+    m = generation_metrics(answers, [p["category"] for p in probes], is_refusal=is_refusal,
+                           task_check=parse_task if ecfg.task == "task_api" else None, tokenizer=tokenizer)
+    return m, answers
+
+
+def evaluate_pair(policy, reference, tokenizer, cfg: RunConfig, *, probes, pairs, console=print) -> dict:
+    """Metrics of `reference` (before) and `policy` (after).
+
+    `reference` is a model, or None when `policy` is a peft model whose adapter-off state is the
+    reference.
+    """
+    ecfg = cfg.eval
+
+    def ref_ctx():
+        return policy.disable_adapter() if reference is None else contextlib.nullcontext()
+
+    ref_model = policy if reference is None else reference
+    before, after = {}, {}
+    if probes:
+        console(f"eval: generating answers to {len(probes)} probes (before)")
+        with ref_ctx():
+            before, before_answers = _gen_metrics(ref_model, tokenizer, probes, ecfg)
+        console(f"eval: generating answers to {len(probes)} probes (after)")
+        after, after_answers = _gen_metrics(policy, tokenizer, probes, ecfg)
+    if pairs:
+        with ref_ctx():
+            ref_lp = pair_logps(ref_model, pairs, tokenizer.pad_token_id)
+        pol_lp = pair_logps(policy, pairs, tokenizer.pad_token_id)
+        pm = preference_metrics(pol_lp[:, 0], pol_lp[:, 1], ref_lp[:, 0], ref_lp[:, 1], cfg.train.beta)
+        after.update(pm)
+        before.update({"reward_accuracy": None, "reward_margin": None,
+                       "logps/chosen": pm["ref_logps/chosen"], "logps/rejected": pm["ref_logps/rejected"]})
+    before["kl"] = 0.0
+    after["kl"] = None
+    if probes and ecfg.kl_samples:
+        console("eval: estimating KL(policy || reference) on sampled answers")
+        kl = estimate_kl(policy, reference, tokenizer, [p["messages"] for p in probes], n_samples=ecfg.kl_samples,
+                         max_new_tokens=ecfg.max_new_tokens, batch_size=ecfg.batch_size, seed=cfg.train.seed)
+        after["kl"] = kl["kl_per_sequence"]
+        after["kl_per_token"] = kl["kl_per_token"]
+    for d in (before, after):
+        for k in STABLE_KEYS:
+            d.setdefault(k, None)
+    examples = []
+    if probes:
+        examples = [{"prompt": p["prompt"], "category": p["category"], "before": b, "after": a}
+                    for p, b, a in zip(probes, before_answers, after_answers, strict=True)]
+    return {"before": before, "after": after, "examples": examples}
+
+
+def _eval_pairs(cfg: RunConfig, tokenizer, system):
+    if not cfg.data.eval:
+        return []
+    rows, _ = formats.load_preferences(cfg.data.eval, system=system, skip_invalid=cfg.data.skip_invalid)
+    pairs, _ = tokenize.tokenize_pairs(tokenizer, rows, max_length=cfg.data.max_length,
+                                       max_prompt_length=cfg.data.max_prompt_length, skip_invalid=True)
+    return pairs
+
+
+def evaluate_run(run: Path, console=print) -> dict:
+    """Evaluate a finished run against its reference; write metrics.json, report.md, report.html."""
+    from alignkit.train.run import system_prompt
+
+    cfg = load_config(run / "config.yaml")
+    info = json.loads((run / "run.json").read_text())
+    tokenizer = load_tokenizer(str(run))
+    system = system_prompt(cfg)
+    probes = load_probes(cfg.eval.probes, system, cfg.eval.max_probes) if cfg.eval.probes else []
+    pairs = _eval_pairs(cfg, tokenizer, system) if cfg.method != "sft" else []
+    base = load_model(cfg.model.name_or_path, dtype=cfg.model.dtype,
+                      attn_implementation=cfg.model.attn_implementation, allow_pickle=cfg.model.allow_pickle)
+    if (run / "final" / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        policy, reference = PeftModel.from_pretrained(base, run / "final"), None
+    else:
+        policy, reference = load_model(str(run / "final"), dtype=cfg.model.dtype), base
+    result = evaluate_pair(policy, reference, tokenizer, cfg, probes=probes, pairs=pairs, console=console)
+    result["run"] = info
+    result["memory"] = {"peak_mb": info.get("peak_memory_mb"), "predicted_mb": info.get("predicted_memory_mb")}
+    write_outputs(run, result, cfg)
+    console(format_summary(result))
+    return result
+
+
+def write_outputs(run: Path, result: dict, cfg: RunConfig) -> None:
+    from alignkit.config import dump_config
+    from alignkit.eval.report import write_report
+
+    (run / "metrics.json").write_text(json.dumps(result, indent=1))
+    log_rows = []
+    if (run / "log.jsonl").is_file():
+        log_rows = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if ln.strip()]
+    write_report(run, result, log_rows, dump_config(cfg), result.get("examples", []))
+
+
+def format_summary(result: dict) -> str:
+    rows = [f"{'metric':<24}{'before':>10}{'after':>10}"]
+    for k in STABLE_KEYS:
+        b, a = result["before"].get(k), result["after"].get(k)
+        rows.append(f"{k:<24}{_fmt(b):>10}{_fmt(a):>10}")
+    return "\n".join(rows)
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"
