@@ -97,25 +97,25 @@ def _load_rows():
 
 
 def _long_prompt_rows(rows, indices, tokenizer, lo=300, hi=600):
-    """Rows `indices`, each prompt prefixed with earlier turns of other rows until it is lo..hi tokens."""
+    """Rows `indices`, each prompt prefixed with earlier turns of other rows (their request and chosen
+    answer) until it reaches a length drawn uniformly from lo..hi tokens (seeded by the row)."""
     from alignkit.data.formats import PreferenceRow
     from alignkit.data.tokenize import encode_prompt
 
     out = []
     for i in indices:
-        row = rows[i]
+        row, target = rows[i], random.Random(i).randint(lo, hi)
         system, request = list(row.prompt[:-1]), row.prompt[-1]
         history: list[dict] = []
         j = i
-        while True:
+        for _ in range(len(rows)):
             j = (j - 1) % len(rows)
-            other = rows[j]
-            turn = [dict(other.prompt[-1]), {"role": "assistant", "content": other.chosen}]
+            turn = [dict(rows[j].prompt[-1]), {"role": "assistant", "content": rows[j].chosen}]
             n = len(encode_prompt(tokenizer, system + turn + history + [request]))
             if n > hi:
-                continue  # this turn would overshoot: try the next one back
+                continue  # this turn would overshoot: try the one before it
             history = turn + history
-            if n >= lo:
+            if n >= target:
                 break
         prompt = tuple(system + history + [request])
         out.append(PreferenceRow(prompt, row.chosen, row.rejected, f"long_prompt:{i}"))
@@ -157,7 +157,9 @@ def prepare(name: str, warm: int, measured: int, work: Path, model_dir: Path, to
     order = list(range(len(rows)))
     random.Random(SEED).shuffle(order)
     order = order[: (warm + measured) * MICRO]
-    picked = _long_prompt_rows(rows, order, tokenizer) if name == "long_prompt" else [rows[i] for i in order]
+    picked = [rows[i] for i in order]
+    if name == "long_prompt":  # warm-up on the short rows (it only pays one-time costs), measure long ones
+        picked[warm * MICRO :] = _long_prompt_rows(rows, order[warm * MICRO :], tokenizer)
     path = work / f"{name}.jsonl"
     _write_rows(path, picked)
     items, stats = tokenize_pairs(tokenizer, picked, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT_LENGTH)

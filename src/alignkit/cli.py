@@ -105,6 +105,102 @@ def cmd_data(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from alignkit.eval.runner import evaluate_model_cli, evaluate_run
+
+    if args.run:
+        evaluate_run(Path(args.run))
+        return 0
+    if not (args.model and (args.data or args.prompts)):
+        raise UserError("alignkit eval needs a run directory, or --model with --data and/or --prompts",
+                        hint="e.g. alignkit eval runs/dpo   or   alignkit eval --model M --prompts probes.jsonl")
+    evaluate_model_cli(model=args.model, adapter=args.adapter, data=args.data, prompts=args.prompts,
+                       system_prompt_file=args.system_prompt_file, out=Path(args.out) if args.out else None,
+                       max_new_tokens=args.max_new_tokens, beta=args.beta)
+    return 0
+
+
+def cmd_diagnose(args) -> int:
+    import json
+
+    from alignkit.eval.diagnose import diagnose, format_findings
+
+    findings = diagnose(Path(args.run))
+    print(json.dumps([f.to_dict() for f in findings], indent=1) if args.json else format_findings(findings))
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    import json
+
+    from alignkit.data.doctor import doctor
+
+    tokenizer, max_length, max_prompt, system, eval_path = None, args.max_length, None, None, args.eval
+    if args.config:
+        from alignkit.config import load_config
+        from alignkit.models import load_tokenizer
+        from alignkit.train.run import system_prompt
+
+        cfg = load_config(args.config)
+        tokenizer = load_tokenizer(cfg.model.name_or_path)
+        max_length, max_prompt = cfg.data.max_length, cfg.data.max_prompt_length
+        system, eval_path = system_prompt(cfg), eval_path or cfg.data.eval
+    report = doctor(args.data, eval_path=eval_path, tokenizer=tokenizer, max_length=max_length,
+                    max_prompt_length=max_prompt, system=system)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report.format_table())
+    return report.exit_code
+
+
+def cmd_chat(args) -> int:
+    from alignkit.eval.chat import chat
+
+    chat(Path(args.run), max_new_tokens=args.max_new_tokens)
+    return 0
+
+
+def cmd_plan(args) -> int:
+    import json
+
+    from alignkit.plan.advisor import fixes
+    from alignkit.plan.architectures import load_arch
+    from alignkit.plan.hardware import get_hardware
+    from alignkit.plan.memory import PlanInput, estimate, format_table, plan_input_from_config, plan_to_dict
+
+    hw = get_hardware(args.gpu, ram=args.ram)
+    if args.config:
+        from alignkit.config import load_config
+
+        cfg = load_config(args.config, args.overrides)
+        inp = plan_input_from_config(cfg, arch=args.model)
+    else:
+        if not args.model:
+            raise UserError("alignkit plan needs a config file or --model", hint="e.g. --model 7b --method dpo")
+        inp = PlanInput(arch=load_arch(args.model), method=args.method, lora_r=args.lora_r, quant=args.quant,
+                        dtype=args.dtype, micro_batch=args.batch, seq_len=args.seq_len,
+                        grad_ckpt=args.grad_ckpt, reference=args.reference)
+    plan = estimate(inp, hw)
+    found = [] if plan.fits else fixes(inp, hw)
+    if args.json:
+        print(json.dumps({**plan_to_dict(plan), "fixes": [f.__dict__ | {"changes": f.changes} for f in found]},
+                         indent=1, default=str))
+    else:
+        print(format_table(plan))
+        for f in found:
+            print(f"  fix {f.rank}: {f.description} -> {f.total / 2**30:.2f} GiB ({'fits' if f.fits else 'still too big'})")
+    return 0
+
+
+def cmd_recommend(args) -> int:
+    from alignkit.plan.advisor import recommend
+
+    rec = recommend(args.data, arch=args.model or "default", hardware=args.gpu, online_feedback=args.online,
+                    model_name=args.model, eval_path=args.eval, output_dir=args.output_dir)
+    for w in rec.warnings:
+        print(f"# warning: {w}", file=sys.stderr)
+    print(rec.yaml)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alignkit", description="Align a fine-tuned LM with preference data.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -125,6 +221,64 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge LoRA adapters (of this run and every earlier stage) into the weights")
     e.set_defaults(fn=cmd_export)
 
+
+    ev = sub.add_parser("eval", help="before/after evaluation: a run vs its reference, or any model")
+    ev.add_argument("run", nargs="?", help="run directory (writes metrics.json, report.md, report.html)")
+    ev.add_argument("--model", help="model path, hub id in the local cache, run directory or `default`")
+    ev.add_argument("--adapter", help="LoRA adapter dir applied to --model; the adapter-off model is 'before'")
+    ev.add_argument("--data", help="held-out preference pairs for reward accuracy / margins / log-probs")
+    ev.add_argument("--prompts", help="probe prompts {prompt, category: harmful|benign|alarming}")
+    ev.add_argument("--system-prompt-file", default=None, help="system prompt added to every prompt")
+    ev.add_argument("--out", help="directory for metrics.json and report.md/html")
+    ev.add_argument("--max-new-tokens", type=int, default=48)
+    ev.add_argument("--beta", type=float, default=0.1, help="beta of the implied rewards")
+    ev.set_defaults(fn=cmd_eval)
+
+    dg = sub.add_parser("diagnose", help="name what went wrong in a run, with evidence and fixes")
+    dg.add_argument("run")
+    dg.add_argument("--json", action="store_true")
+    dg.set_defaults(fn=cmd_diagnose)
+
+    dc = sub.add_parser("doctor", help="find broken or biased preference data (exit 1 on errors)")
+    dc.add_argument("data")
+    dc.add_argument("--eval", help="held-out file, checked for prompts leaking from training")
+    dc.add_argument("--config", help="a run config: its tokenizer, max lengths, system prompt and eval file")
+    dc.add_argument("--max-length", type=int, default=None)
+    dc.add_argument("--json", action="store_true")
+    dc.set_defaults(fn=cmd_doctor)
+
+    ch = sub.add_parser("chat", help="talk to a trained model in the terminal")
+    ch.add_argument("run")
+    ch.add_argument("--max-new-tokens", type=int, default=128)
+    ch.set_defaults(fn=cmd_chat)
+
+    pl = sub.add_parser("plan", help="predict peak memory of a run and whether it fits a GPU")
+    pl.add_argument("config", nargs="?")
+    pl.add_argument("overrides", nargs="*")
+    pl.add_argument("--gpu", default="t4", help="t4, l4, a10g, rtx3090, rtx4090, a100-40gb, a100-80gb, h100, h200, "
+                                                "cpu, or a size like 24gb")
+    pl.add_argument("--ram", help="CPU RAM for --gpu cpu (default: this machine's)")
+    pl.add_argument("--model", help="model: name (llama-2-7b, mistral-7b, qwen2.5-7b...), config dir, or size (7b)")
+    pl.add_argument("--method", default="dpo")
+    pl.add_argument("--quant", default="none", choices=["none", "8bit", "4bit"])
+    pl.add_argument("--lora-r", type=int, default=16, help="LoRA rank; 0 = full fine-tuning")
+    pl.add_argument("--dtype", default=None, choices=[None, "fp32", "bf16", "fp16"])
+    pl.add_argument("--batch", type=int, default=1, help="micro-batch (pairs)")
+    pl.add_argument("--seq-len", type=int, default=1024)
+    pl.add_argument("--grad-ckpt", action="store_true")
+    pl.add_argument("--reference", default="auto", choices=["auto", "adapter", "copy", "precomputed", "none"])
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(fn=cmd_plan)
+
+    rc = sub.add_parser("recommend", help="pick a method and write a config that fits your GPU")
+    rc.add_argument("--data", required=True)
+    rc.add_argument("--eval", help="held-out file")
+    rc.add_argument("--model", help="model name, config dir or size")
+    rc.add_argument("--gpu", default="t4")
+    rc.add_argument("--online", action="store_true", help="you want online feedback (RLHF with PPO)")
+    rc.add_argument("--output-dir", default=None)
+    rc.set_defaults(fn=cmd_recommend)
+
     d = sub.add_parser("data", help="generate example data")
     d.add_argument("dataset", choices=["task-api"])
     d.add_argument("--out", required=True)
@@ -139,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `field=value` overrides may come after options (argparse stops positionals at the first flag).
-    if extra and args.command == "train" and all("=" in x and not x.startswith("-") for x in extra):
+    if extra and args.command in ("train", "plan") and all("=" in x and not x.startswith("-") for x in extra):
         args.overrides = [*args.overrides, *extra]
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -19,7 +19,7 @@ METHODS = ("sft", "dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class LoraConfig(_Section):
@@ -80,17 +80,20 @@ class TrainConfig(_Section):
     """cDPO label smoothing for `dpo`; the assumed label-flip rate for `robust`."""
     rpo_alpha: float = Field(1.0, ge=0)
     """Weight of the chosen-answer NLL in `rpo`."""
-    simpo_gamma: float = Field(0.5, ge=0)
-    """SimPO target margin, as a ratio gamma/beta (TRL convention)."""
+    simpo_gamma: float = Field(1.0, ge=0)
+    """SimPO/CPO-simpo target reward margin gamma (absolute, as TRL; the paper's gamma/beta ~ 0.5)."""
     cpo_alpha: float = Field(1.0, ge=0)
     """Weight of the chosen-answer NLL in `cpo`."""
     orpo_lambda: float = Field(0.1, gt=0)
     """Weight of ORPO's odds-ratio term."""
     kto_desirable_weight: float = Field(1.0, gt=0)
+    """KTO: weight of the loss on desirable (good) answers."""
     kto_undesirable_weight: float = Field(1.0, gt=0)
+    """KTO: weight of the loss on undesirable (bad) answers."""
     learning_rate: float = Field(5e-5, gt=0)
     """Peak learning rate of AdamW."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW decoupled weight decay."""
     epochs: float = Field(1.0, gt=0)
     """Passes over the training data (fractions allowed)."""
     max_steps: int | None = Field(None, ge=1)
@@ -100,6 +103,7 @@ class TrainConfig(_Section):
     gradient_accumulation_steps: int = Field(4, ge=1)
     """Micro-batches per optimizer step; effective batch = micro_batch_size x this x processes."""
     lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    """Learning-rate decay after warm-up."""
     warmup_ratio: float = Field(0.1, ge=0, le=1)
     """Share of steps with a linear learning-rate warm-up."""
     max_grad_norm: float | None = Field(1.0, gt=0)
@@ -113,12 +117,15 @@ class TrainConfig(_Section):
     prefix_sharing: bool = True
     """One forward per pair: [prompt, chosen, rejected] with a mask that hides chosen from rejected."""
     seed: int = 0
+    """Seeds Python, NumPy and torch, and the data order."""
     log_every: int = Field(1, ge=1)
+    """Write a log.jsonl row every N optimizer steps."""
     eval_every: int | None = Field(None, ge=1)
     """Evaluate preference metrics every N steps; None only at the end."""
     save_every: int | None = Field(None, ge=1)
-    """Write a checkpoint every N steps; None only at the end."""
+    """Write a checkpoint every N steps; None: only when interrupted (SIGINT/SIGTERM)."""
     keep_checkpoints: int = Field(2, ge=1)
+    """Complete checkpoints kept on disk (older ones are deleted after a new one is written)."""
     max_bad_steps: int = Field(5, ge=1)
     """Stop after this many consecutive steps with a non-finite loss or gradient."""
     trackers: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list)
@@ -131,9 +138,13 @@ class EvalConfig(_Section):
     probes: str | None = "examples/task_api/data/probes.jsonl"
     """Prompts labelled harmful / benign / alarming for generation metrics."""
     max_probes: int | None = Field(None, ge=1)
+    """Use only the first N probes."""
     max_new_tokens: int = Field(64, ge=1)
+    """Answer length limit for probe generation."""
     batch_size: int = Field(16, ge=1)
+    """Probes per generation batch."""
     do_sample: bool = False
+    """Sample answers instead of greedy decoding."""
     kl_samples: int = Field(1, ge=0)
     """Sampled completions per probe for the KL(policy || reference) estimate (0 disables)."""
     task: Literal["task_api", "none"] = "task_api"
@@ -144,6 +155,7 @@ class RunConfig(_Section):
     method: str = "dpo"
     """One of: sft, dpo, ipo, hinge, robust, rpo, simpo, cpo, orpo, kto."""
     output_dir: str = "runs/dpo"
+    """The run directory (config, log, checkpoints, final model, report)."""
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -236,3 +248,25 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def fields_markdown() -> str:
+    """The README's table of config fields, generated from the field docstrings."""
+    rows = ["| field | default | meaning |", "|---|---|---|"]
+
+    def walk(cls: type[BaseModel], prefix: str) -> None:
+        for name, f in cls.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = f.default if f.default_factory is None else f.default_factory()
+            doc = " ".join((f.description or "").split())
+            rows.append(f"| `{prefix}{name}` | `{default!r}` | {doc} |")
+
+    walk(RunConfig, "")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(fields_markdown())

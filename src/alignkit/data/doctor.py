@@ -155,11 +155,9 @@ def _scan(path: Path, system: str | None) -> tuple[list[PreferenceRow], list[Iss
         try:
             if isinstance(raw, Exception):
                 raise raw
-            rows.extend(formats._preference(raw, f"{path}:{line}", system))
+            rows.extend(formats.normalize_row(raw, f"{path}:{line}", kind="preference", system=system))
             continue
-        except formats._Invalid as e:
-            reason, detail = e.reason, f"{path}:{line}" + (f" field '{e.field}'" if e.field else "") + f": {e.message}"
-        except UserError as e:  # RowError from the reader (bad JSON, not UTF-8, not an object)
+        except UserError as e:  # RowError: from the reader (bad JSON, not UTF-8) or the row check
             reason, detail = getattr(e, "reason", None) or e.message, str(e).splitlines()[0]
         issue = bad.setdefault(reason, Issue(_code_for(reason), reason, details={"first": detail}))
         issue.lines.append(line)

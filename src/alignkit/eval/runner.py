@@ -160,3 +160,38 @@ def format_summary(result: dict) -> str:
 
 def _fmt(x) -> str:
     return "-" if x is None else f"{x:.3f}"
+
+
+def evaluate_model_cli(*, model: str, adapter: str | None, data: str | None, prompts: str | None,
+                       system_prompt_file: str | None, out: Path | None, max_new_tokens: int = 48,
+                       beta: float = 0.1, console=print) -> dict:
+    """`alignkit eval --model M [--adapter A] --data D --prompts P`.
+
+    With an adapter, "before" is the model with the adapter off and "after" with it on; without
+    one, the model is evaluated alone (reported as "after"; "before" metrics equal it).
+    """
+    cfg = RunConfig.model_validate({
+        "model": {"name_or_path": model},
+        "data": {"eval": data, "system_prompt_file": system_prompt_file},
+        "train": {"beta": beta},
+        "eval": {"probes": prompts, "max_new_tokens": max_new_tokens, "kl_samples": 1 if adapter else 0}})
+    from alignkit.train.run import system_prompt
+
+    tokenizer = load_tokenizer(adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else model)
+    system = system_prompt(cfg)
+    probes = load_probes(prompts, system) if prompts else []
+    pairs = _eval_pairs(cfg, tokenizer, system) if data else []
+    base = load_model(model)
+    if adapter:
+        from peft import PeftModel
+
+        policy, reference = PeftModel.from_pretrained(base, adapter), None
+        result = evaluate_pair(policy, reference, tokenizer, cfg, probes=probes, pairs=pairs, console=console)
+    else:
+        result = evaluate_pair(base, base, tokenizer, cfg, probes=probes, pairs=pairs, console=console)
+    result["run"] = {"model": model, "adapter": adapter}
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+        write_outputs(out, result, cfg)
+    console(format_summary(result))
+    return result

@@ -64,7 +64,7 @@ class PreferenceObjective:
             "rewards/accuracies": (c > r).float().sum(),
             "logps/chosen": x.policy_chosen.detach().sum(), "logps/rejected": x.policy_rejected.detach().sum(),
         }
-        for k, v in getattr(out, "metrics", {}).items():
+        for k, v in out.extra.items():
             metrics[k] = v.detach() * len(ids)  # scalar means -> sums, so they average like the rest
         return out.losses.sum(), metrics
 

@@ -84,16 +84,40 @@ def _item_length(item) -> int:
     return len(item.prompt_ids) + len(item.completion_ids)
 
 
-def prepare_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool) -> Path:
+def check_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool) -> Path:
+    """Refuse to start over another run; touches nothing (called before any work is done)."""
     run = Path(cfg.output_dir)
-    if run.exists() and any(run.iterdir()) and not resume:
-        if not overwrite:
-            raise UserError("the output directory already holds a run", where=str(run),
-                            hint="pass --resume to continue it, --overwrite to replace it, "
-                                 "or set output_dir to a new directory")
+    if run.exists() and not run.is_dir():
+        raise UserError("output_dir is a file", where=f"config field output_dir ({run})")
+    if run.is_dir() and any(run.iterdir()) and not resume and not overwrite:
+        raise UserError("the output directory already holds a run", where=str(run),
+                        hint="pass --resume to continue it, --overwrite to replace it, "
+                             "or set output_dir to a new directory")
+    return run
+
+
+def prepare_run_dir(run: Path, *, resume: bool, overwrite: bool) -> Path:
+    """Create (or, with --overwrite, empty) the run directory, once the inputs have been validated."""
+    if run.is_dir() and any(run.iterdir()) and overwrite and not resume:
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     return run
+
+
+def predicted_memory_mb(cfg: RunConfig, device) -> float | None:
+    """The memory planner's prediction for this run on this device (recorded next to the measurement)."""
+    from alignkit.models import base_of
+    from alignkit.plan.hardware import get_hardware
+    from alignkit.plan.memory import estimate, plan_input_from_config
+
+    root = base_of(cfg.model.name_or_path)
+    arch = root if root == "default" or Path(root, "config.json").is_file() else None
+    try:
+        hw = get_hardware("cpu" if torch.device(device).type == "cpu" else "auto")
+        return estimate(plan_input_from_config(cfg, arch=arch), hw).total / 2**20
+    except (UserError, ValueError, KeyError) as e:  # an unknown architecture: no prediction, say why
+        print(f"memory planner: no prediction ({e})")
+        return None
 
 
 def _reference(cfg: RunConfig, model, lora: bool, objective_needs_ref: bool, pairs, evals, pad_id, device, console):
@@ -121,7 +145,7 @@ def _reference(cfg: RunConfig, model, lora: bool, objective_needs_ref: bool, pai
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, console=print,
           progress=None) -> Path:
     """Run `cfg` to completion (or resume it); returns the run directory."""
-    run = prepare_run_dir(cfg, resume=resume, overwrite=overwrite)
+    run = check_run_dir(cfg, resume=resume, overwrite=overwrite)
     tcfg = cfg.train
     mp = tcfg.mixed_precision
     if not torch.cuda.is_available():
@@ -175,6 +199,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, cons
                               num_training_steps=total_steps)
     forward = PolicyForward(model)
     forward, optimizer, scheduler = accelerator.prepare(forward, optimizer, scheduler)
+    prepare_run_dir(run, resume=resume, overwrite=overwrite)
     state = LoopState()
     log_file = run / "log.jsonl"
     if resume:
@@ -184,7 +209,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, cons
     if accelerator.is_main_process:
         (run / "config.yaml").write_text(dump_config(cfg))
         _write_run_json(run, cfg, status="running", steps=total_steps, trainable=trainable, total=total,
-                        reference=ref_kind, data=data.report)
+                        reference=ref_kind, data=data.report,
+                        predicted_memory_mb=predicted_memory_mb(cfg, accelerator.device))
     if tcfg.trackers:
         accelerator.init_trackers(run.name, config=json.loads(json.dumps(cfg.model_dump(mode="json"))))
     console(f"{cfg.method}: {total_steps} steps x {per_step} micro-batches of {tcfg.micro_batch_size}; "
