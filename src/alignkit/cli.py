@@ -57,7 +57,7 @@ def cmd_train(args) -> int:
             raise UserError("alignkit train needs a config file or --resume RUN",
                             hint="e.g. alignkit train examples/task_api/dpo.yaml")
         cfg = load_config(args.config, args.overrides)
-    run = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, progress=_progress())
+    run = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, force=args.force, progress=_progress())
     if cfg.eval.enabled and (run / "final").is_dir() and not args.no_eval:
         from alignkit.eval.runner import evaluate_run
 
@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its newest complete checkpoint")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
     t.add_argument("--no-eval", action="store_true", help="skip the before/after evaluation at the end")
+    t.add_argument("--force", action="store_true", help="start even when the memory plan says it will not fit")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("export", help="write a run's model as a plain transformers checkpoint")

@@ -19,7 +19,8 @@ METHODS = ("sft", "dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo"
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True,
+                              allow_inf_nan=False)
 
 
 class LoraConfig(_Section):
@@ -69,6 +70,8 @@ class DataConfig(_Section):
     """Prompts are cut from the left down to this many tokens before completions are cut."""
     max_rows: int | None = Field(None, ge=1)
     """Use only the first N training rows (quick experiments)."""
+    max_eval_rows: int | None = Field(None, ge=1)
+    """Use only the first N held-out rows (in-training eval and the report's preference metrics)."""
     skip_invalid: bool = False
     """Skip and count invalid rows instead of stopping at the first one."""
 
@@ -201,7 +204,7 @@ def parse_value(text: str) -> Any:
     """A CLI override value: YAML scalar rules (`0.3` -> float, `true` -> bool, `null` -> None)."""
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError):
         return text
 
 
@@ -233,6 +236,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise UserError("config file not found", where=source, hint="check the path")
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except RecursionError:
+            raise UserError("YAML nested too deeply", where=source) from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark else source

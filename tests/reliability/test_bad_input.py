@@ -11,10 +11,10 @@ import json
 import shutil
 from pathlib import Path
 
+import _kill_worker as kw
 import pytest
 import yaml
 
-import _kill_worker as kw
 from alignkit.cli import main
 
 GOOD = {"prompt": "List my open tasks.", "chosen": '{"action": "list"}', "rejected": "I can't help."}
@@ -110,7 +110,8 @@ DATA_CASES = [
 CONFIG_CASES = [
     ("unknown_key", dict(cfg={"train.betta": 0.3}), ["cfg.yaml", "train.betta", "did you mean 'beta'"]),
     ("unknown_section", dict(yaml_extra={"trian": {"beta": 0.3}}), ["cfg.yaml", "'trian'", "did you mean 'train'"]),
-    ("unknown_override", dict(overrides=["model.lora.rank=8"]), ["model.lora.rank", "did you mean 'r'"]),
+    ("unknown_override", dict(overrides=["model.lora.alpah=8"]), ["model.lora.alpah", "did you mean 'alpha'"]),
+    ("unknown_override_no_match", dict(overrides=["model.lora.rank=8"]), ["model.lora.rank", "allowed: alpha"]),
     ("wrong_type", dict(cfg={"train.beta": "high"}), ["cfg.yaml", "train.beta", "'high'"]),
     ("wrong_type_override", dict(overrides=["train.micro_batch_size=two"]), ["train.micro_batch_size", "'two'"]),
     ("not_a_section", dict(overrides=["train=3"]), ["'train'"]),
@@ -124,10 +125,7 @@ CONFIG_CASES = [
      ["data.system_prompt_file", "nope/system.txt"]),
 ]
 # Known gaps in other modules: the test documents the wanted behaviour and flips when it is fixed.
-GAPS = {
-    "unreadable_directory": "formats.iter_rows_raw: 'this is a directory' has no hint",
-    "not_a_section": "config: 'train=3' gives a pydantic message for 'train' without a hint",
-}
+GAPS: dict[str, str] = {}  # case id -> known gap (strict xfail); empty now that every message has a hint
 
 
 def _case_params(cases):

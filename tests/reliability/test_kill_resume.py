@@ -19,12 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import _kill_worker as kw
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-
-import _kill_worker as kw
 
 HERE = Path(__file__).resolve().parent
 
@@ -149,8 +148,6 @@ def test_sigkill_then_resume_equals_uninterrupted(campaign, name, hook, n, expec
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="run._resume parses every log.jsonl line; a line torn by a kill "
-                                       "crashes --resume (JSONDecodeError). Fix requested from the lead.")
 def test_sigkill_mid_log_line_then_resume(campaign):
     name, hook, n, expected = TORN
     assert campaign[0][name]["signal"] == 9

@@ -84,8 +84,8 @@ def _plain_logps(model, tok, items):
     """(policy, policy_kl, ref, ref_kl), each (b,), with separate full-logit forwards (policy with grad)."""
     completions = [it.completion_ids for it in items]
     kl_completions = [completions[-1]] + completions[:-1]  # TRL 1.16, add_kl_completion_ids
-    matched = _padded(tok, [(it.prompt_ids, c) for it, c in zip(items, completions)])
-    kl = _padded(tok, [(it.prompt_ids, c) for it, c in zip(items, kl_completions)])
+    matched = _padded(tok, [(it.prompt_ids, c) for it, c in zip(items, completions, strict=True)])
+    kl = _padded(tok, [(it.prompt_ids, c) for it, c in zip(items, kl_completions, strict=True)])
     policy = plain_completion_logps(model, *matched)[0]
     with torch.no_grad():
         policy_kl = plain_completion_logps(model, *kl)[0]
@@ -141,8 +141,8 @@ def test_reference_point_is_detached(tok, items):
 
     policy, _, ref, ref_kl = _plain_logps(model, tok, items)
     completions = [it.completion_ids for it in items]
-    kl_in_graph = plain_completion_logps(model, *_padded(tok, [(it.prompt_ids, c) for it, c in
-                                                             zip(items, [completions[-1]] + completions[:-1])]))[0]
+    kl_rows = [(it.prompt_ids, c) for it, c in zip(items, [completions[-1]] + completions[:-1], strict=True)]
+    kl_in_graph = plain_completion_logps(model, *_padded(tok, kl_rows))[0]  # with grad: the wrong way
     labels = torch.tensor([it.label for it in items])
     z0_live = (kl_in_graph - ref_kl).mean().clamp(min=0)
     assert float(z0_live.detach()) > 0

@@ -130,7 +130,8 @@ def iter_rows_raw(path: str | Path, *, errors: str = "raise") -> Iterator[tuple[
             hint="check the path; relative paths start from the current directory",
         )
     if file.is_dir():
-        raise UserError("this is a directory, not a data file", where=str(path))
+        raise UserError("this is a directory, not a data file", where=str(path),
+                        hint="point data.train at a .jsonl, .json, .csv or .parquet file")
     readers = {
         ".jsonl": _read_jsonl,
         ".ndjson": _read_jsonl,
@@ -298,7 +299,8 @@ def _generic(field_name: str) -> str:
 
 def _missing(field_name: str, hint: str | None = None) -> _Invalid:
     return _Invalid(
-        f"missing field '{_generic(field_name)}'", f"missing field '{field_name}'", field_name, hint
+        f"missing field '{_generic(field_name)}'", f"missing field '{field_name}'", field_name,
+        hint or "add the field, or set data.skip_invalid: true to skip such rows",
     )
 
 
@@ -318,7 +320,8 @@ def _text(value: Any, name: str) -> str:
     if _SURROGATE.search(value):  # a JSON "\\ud800" escape; no tokenizer takes it
         raise _Invalid("not UTF-8", "text holds an unpaired surrogate escape", name)
     if not value.strip():
-        raise _Invalid(f"empty field '{_generic(name)}'", "empty or whitespace-only text", name)
+        raise _Invalid(f"empty field '{_generic(name)}'", "empty or whitespace-only text", name,
+                       "write the answer text, or set data.skip_invalid: true to skip such rows")
     return value
 
 

@@ -105,8 +105,9 @@ def score_kl(policy, reference, prompt_ids: Sequence[Sequence[int]],
                 per_pos = (logp.exp() * (logp - logq)).sum(-1)  # (b, N)
                 target = ids[:, -n_width:].unsqueeze(-1)
                 ratio = (logp.gather(-1, target) - logq.gather(-1, target)).squeeze(-1)  # (b, N)
-                kl.append((per_pos * comp_mask).sum(-1).cpu())
-                kl_sampled.append((ratio * comp_mask).sum(-1).cpu())
+                # where, not a product: padded positions must not leak a NaN/inf into the sums
+                kl.append(torch.where(comp_mask, per_pos, 0.0).sum(-1).cpu())
+                kl_sampled.append(torch.where(comp_mask, ratio, 0.0).sum(-1).cpu())
                 n_tokens.append(comp_mask.sum(-1).cpu())
     finally:
         policy.train(was_training[0])

@@ -108,6 +108,7 @@ def _eval_pairs(cfg: RunConfig, tokenizer, system):
     if not cfg.data.eval:
         return []
     rows, _ = formats.load_preferences(cfg.data.eval, system=system, skip_invalid=cfg.data.skip_invalid)
+    rows = rows[:cfg.data.max_eval_rows] if cfg.data.max_eval_rows else rows
     pairs, _ = tokenize.tokenize_pairs(tokenizer, rows, max_length=cfg.data.max_length,
                                        max_prompt_length=cfg.data.max_prompt_length, skip_invalid=True)
     return pairs

@@ -119,7 +119,7 @@ class KTOObjective:
 
     def collate(self, items) -> KTOBatch:
         kl = mismatched(items)
-        both = [_MatchedAndKL(it.prompt_ids, it.completion_ids, k.completion_ids) for it, k in zip(items, kl)]
+        both = [_MatchedAndKL(it.prompt_ids, it.completion_ids, k.completion_ids) for it, k in zip(items, kl, strict=True)]
         return KTOBatch(policy=collate_single(items, self.pad_id), kl=collate_single(kl, self.pad_id),
                         reference=collate_pairs(both, self.pad_id, shared=self.shared),
                         labels=torch.tensor([bool(it.label) for it in items], dtype=torch.bool))

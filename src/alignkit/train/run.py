@@ -23,6 +23,7 @@ from alignkit.config import RunConfig, dump_config
 from alignkit.data import formats, tokenize
 from alignkit.errors import UserError
 from alignkit.models import apply_lora, count_parameters, load_model, load_tokenizer
+from alignkit.train import preflight
 from alignkit.train import reference as refs
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
 from alignkit.train.loop import LoopState, make_schedule, run_loop
@@ -64,6 +65,7 @@ def prepare_data(cfg: RunConfig, tokenizer) -> Prepared:
     else:
         rows, eval_rows = formats.split_train_eval(rows, cfg.data.eval_fraction, cfg.train.seed)
         erep = None
+    eval_rows = eval_rows[:cfg.data.max_eval_rows] if cfg.data.max_eval_rows else eval_rows
     kw = dict(max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length,
               skip_invalid=cfg.data.skip_invalid)
     train, ts = tok(tokenizer, rows, **kw)
@@ -104,8 +106,9 @@ def prepare_run_dir(run: Path, *, resume: bool, overwrite: bool) -> Path:
     return run
 
 
-def predicted_memory_mb(cfg: RunConfig, device) -> float | None:
-    """The memory planner's prediction for this run on this device (recorded next to the measurement)."""
+def run_plan(cfg: RunConfig, device):
+    """The memory planner's plan for this run on this device (its total is recorded next to the
+    measured peak), or None for an architecture the planner does not know."""
     from alignkit.models import base_of
     from alignkit.plan.hardware import get_hardware
     from alignkit.plan.memory import estimate, plan_input_from_config
@@ -114,7 +117,7 @@ def predicted_memory_mb(cfg: RunConfig, device) -> float | None:
     arch = root if root == "default" or Path(root, "config.json").is_file() else None
     try:
         hw = get_hardware("cpu" if torch.device(device).type == "cpu" else "auto")
-        return estimate(plan_input_from_config(cfg, arch=arch), hw).total / 2**20
+        return estimate(plan_input_from_config(cfg, arch=arch), hw)
     except (UserError, ValueError, KeyError) as e:  # an unknown architecture: no prediction, say why
         print(f"memory planner: no prediction ({e})")
         return None
@@ -142,8 +145,8 @@ def _reference(cfg: RunConfig, model, lora: bool, objective_needs_ref: bool, pai
     return refs.PrecomputedReference(table), kind
 
 
-def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, console=print,
-          progress=None) -> Path:
+def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, force: bool = False,
+          console=print, progress=None) -> Path:
     """Run `cfg` to completion (or resume it); returns the run directory."""
     run = check_run_dir(cfg, resume=resume, overwrite=overwrite)
     tcfg = cfg.train
@@ -157,6 +160,9 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, cons
     tokenizer = load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     data = prepare_data(cfg, tokenizer)
     console(data.report)
+    plan = run_plan(cfg, accelerator.device)
+    if plan is not None and accelerator.device.type == "cuda":
+        preflight.check_memory(plan, force=force, console=console)  # before hours are spent, not after
     model = load_model(cfg.model.name_or_path, dtype=cfg.model.dtype, device=accelerator.device,
                        trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle,
                        attn_implementation=cfg.model.attn_implementation, quantization=cfg.model.quantization)
@@ -202,15 +208,16 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, cons
     prepare_run_dir(run, resume=resume, overwrite=overwrite)
     state = LoopState()
     log_file = run / "log.jsonl"
+    if accelerator.is_main_process:
+        (run / "config.yaml").write_text(dump_config(cfg))  # first: it makes the directory a run
+        _write_run_json(run, cfg, status="running", steps=total_steps, trainable=trainable, total=total,
+                        reference=ref_kind, data=data.report,
+                        predicted_memory_mb=plan.total / 2**20 if plan else None)
     if resume:
         state = _resume(run, model, optimizer, scheduler, log_file, console)
     else:
         log_file.write_text("")
-    if accelerator.is_main_process:
-        (run / "config.yaml").write_text(dump_config(cfg))
-        _write_run_json(run, cfg, status="running", steps=total_steps, trainable=trainable, total=total,
-                        reference=ref_kind, data=data.report,
-                        predicted_memory_mb=predicted_memory_mb(cfg, accelerator.device))
+    preflight.check_disk(run, preflight.checkpoint_bytes(model, tcfg.keep_checkpoints))
     if tcfg.trackers:
         accelerator.init_trackers(run.name, config=json.loads(json.dumps(cfg.model_dump(mode="json"))))
     console(f"{cfg.method}: {total_steps} steps x {per_step} micro-batches of {tcfg.micro_batch_size}; "
@@ -221,10 +228,20 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, cons
         return pair_metrics(model, objective, data.eval, tcfg.micro_batch_size, accelerator.device)
 
     t0 = time.perf_counter()
-    state = run_loop(accelerator=accelerator, model=model, forward=forward, objective=objective,
-                     items=data.train, schedule=schedule, optimizer=optimizer, scheduler=scheduler,
-                     total_steps=total_steps, steps_per_epoch=per_epoch / per_step, tcfg=tcfg, state=state, run_dir=run, log_file=log_file,
-                     evaluate=evaluate if data.eval else None, progress=progress, console=console)
+    try:
+        state = run_loop(accelerator=accelerator, model=model, forward=forward, objective=objective,
+                         items=data.train, schedule=schedule, optimizer=optimizer, scheduler=scheduler,
+                         total_steps=total_steps, steps_per_epoch=per_epoch / per_step, tcfg=tcfg, state=state,
+                         run_dir=run, log_file=log_file, evaluate=evaluate if data.eval else None,
+                         progress=progress, console=console)
+    except Exception as e:
+        _write_run_json(run, cfg, status="failed", error=str(e).splitlines()[0][:300])
+        if preflight.is_oom(e):
+            from alignkit.plan.advisor import fixes
+
+            raise UserError(preflight.oom_message(plan, fixes(plan.input, plan.hardware) if plan else []),
+                            where=f"{run} step {state.step + 1}") from None
+        raise
     if state.step < total_steps:
         _write_run_json(run, cfg, status="interrupted", steps=total_steps, done=state.step)
         return run
@@ -260,7 +277,14 @@ def _resume(run: Path, model, optimizer, scheduler, log_file: Path, console) -> 
     console(f"resuming from {ckpt} (step {ts['step']})")
     # Keep the log rows up to the checkpoint, so the log equals an uninterrupted run's.
     rows = [ln for ln in log_file.read_text().splitlines() if ln.strip()] if log_file.exists() else []
-    kept = [ln for ln in rows if json.loads(ln).get("step", 0) <= ts["step"]]
+    kept = []
+    for ln in rows:
+        try:
+            row = json.loads(ln)
+        except ValueError:  # a line torn by a kill mid-write
+            continue
+        if row.get("step", 0) <= ts["step"]:
+            kept.append(ln)
     log_file.write_text("".join(ln + "\n" for ln in kept))
     return LoopState(step=ts["step"], skipped_steps=ts.get("skipped_steps", 0), tokens_seen=ts.get("tokens_seen", 0))
 
