@@ -97,6 +97,16 @@ def cmd_export(args) -> int:
 
 
 def cmd_data(args) -> int:
+    if args.dataset == "to-kto":
+        from alignkit.data.kto_convert import to_kto
+
+        if not args.input:
+            raise UserError("alignkit data to-kto needs the paired file to convert",
+                            hint="alignkit data to-kto pairs.jsonl --out kto.jsonl")
+        c = to_kto(args.input, args.out, skip_invalid=args.skip_invalid)
+        print(f"{c['pairs']} pairs -> {c['desirable']} desirable + {c['undesirable']} undesirable rows: {args.out}"
+              + (f" ({c['skipped']} invalid rows skipped)" if c["skipped"] else ""))
+        return 0
     from alignkit.data.task_api import write_task_api
 
     paths = write_task_api(Path(args.out), n_train=args.n_train, n_eval=args.n_eval, seed=args.seed)
@@ -280,9 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--output-dir", default=None)
     rc.set_defaults(fn=cmd_recommend)
 
-    d = sub.add_parser("data", help="generate example data")
-    d.add_argument("dataset", choices=["task-api"])
+    d = sub.add_parser("data", help="generate example data, or convert paired data to KTO rows")
+    d.add_argument("dataset", choices=["task-api", "to-kto"],
+                   help="task-api: write the example data to --out; to-kto: convert INPUT to unpaired KTO rows")
+    d.add_argument("input", nargs="?", help="to-kto: the paired preference file (.jsonl/.json/.csv/.parquet)")
     d.add_argument("--out", required=True)
+    d.add_argument("--skip-invalid", action="store_true", help="to-kto: skip and count invalid rows")
     d.add_argument("--n-train", type=int, default=1500)
     d.add_argument("--n-eval", type=int, default=200)
     d.add_argument("--seed", type=int, default=0)

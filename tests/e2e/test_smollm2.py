@@ -40,21 +40,21 @@ def test_train_report_and_separate_eval_agree(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     out = tmp_path / "separate"
     code = main(["eval", "--model", "default", "--adapter", str(run / "final"),
-                 "--data", str(ROOT / "examples/task_api/data/eval.jsonl"),
-                 "--prompts", str(_probes(tmp_path)),
+                 "--data", str(_head(ROOT / "examples/task_api/data/eval.jsonl", 8, tmp_path / "eval.jsonl")),
+                 "--prompts", str(_head(ROOT / "examples/task_api/data/probes.jsonl", 6, tmp_path / "probes.jsonl")),
                  "--system-prompt-file", str(ROOT / "examples/task_api/system_prompt.txt"),
                  "--max-new-tokens", "12", "--out", str(out)])
     assert code == 0
     separate = json.loads((out / "metrics.json").read_text())
+    for key in ("reward_accuracy", "reward_margin"):
+        assert separate["after"][key] == pytest.approx(metrics["after"][key], abs=1e-6), key
     for key in ("refusal_rate/harmful", "over_refusal/benign", "over_refusal/alarming", "task_valid/benign",
                 "response_length"):
         assert separate["after"][key] == metrics["after"][key], key
         assert separate["before"][key] == metrics["before"][key], key
 
 
-def _probes(tmp: Path) -> Path:
-    """The run used the first 6 probes (eval.max_probes=6); the separate eval gets the same 6."""
-    lines = (ROOT / "examples/task_api/data/probes.jsonl").read_text().splitlines()[:6]
-    path = tmp / "probes.jsonl"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+def _head(src: Path, n: int, dst: Path) -> Path:
+    """The first n rows, as the run used them (data.max_eval_rows=8, eval.max_probes=6)."""
+    dst.write_text("\n".join(src.read_text().splitlines()[:n]) + "\n")
+    return dst

@@ -21,13 +21,10 @@ from alignkit.data.task_api import parse_task
 from alignkit.errors import UserError
 from alignkit.eval.generation import generate
 from alignkit.eval.kl import estimate_kl
-from alignkit.eval.metrics import generation_metrics, preference_metrics
+from alignkit.eval.metrics import STABLE_KEYS, generation_metrics, preference_metrics
 from alignkit.eval.refusal import is_refusal
 from alignkit.logprobs import completion_logps
 from alignkit.models import load_model, load_tokenizer
-
-STABLE_KEYS = ("refusal_rate/harmful", "over_refusal/benign", "over_refusal/alarming", "task_valid/benign",
-               "reward_accuracy", "reward_margin", "kl", "response_length")
 
 
 def load_probes(path: str | Path, system: str | None, limit: int | None = None) -> list[dict]:
@@ -97,17 +94,27 @@ def evaluate_pair(policy, reference, tokenizer, cfg: RunConfig, *, probes, pairs
     for d in (before, after):
         for k in STABLE_KEYS:
             d.setdefault(k, None)
-    examples = []
+    examples, changed = [], []
     if probes:
+        from alignkit.eval.report import changed_examples
+
         examples = [{"prompt": p["prompt"], "category": p["category"], "before": b, "after": a}
                     for p, b, a in zip(probes, before_answers, after_answers, strict=True)]
-    return {"before": before, "after": after, "examples": examples}
+        changed = changed_examples([p["prompt"] for p in probes], [p["category"] for p in probes],
+                                   before_answers, after_answers, is_refusal,
+                                   parse_task if ecfg.task == "task_api" else None)
+    return {"before": before, "after": after, "changed": changed, "examples": examples}
 
 
 def _eval_pairs(cfg: RunConfig, tokenizer, system):
     if not cfg.data.eval:
         return []
-    rows, _ = formats.load_preferences(cfg.data.eval, system=system, skip_invalid=cfg.data.skip_invalid)
+    try:
+        rows, _ = formats.load_preferences(cfg.data.eval, system=system, skip_invalid=cfg.data.skip_invalid)
+    except UserError:
+        if cfg.method != "kto":
+            raise
+        return []  # an unpaired KTO eval file: no pairs to score reward accuracy on
     rows = rows[:cfg.data.max_eval_rows] if cfg.data.max_eval_rows else rows
     pairs, _ = tokenize.tokenize_pairs(tokenizer, rows, max_length=cfg.data.max_length,
                                        max_prompt_length=cfg.data.max_prompt_length, skip_invalid=True)
@@ -148,7 +155,12 @@ def write_outputs(run: Path, result: dict, cfg: RunConfig) -> None:
     log_rows = []
     if (run / "log.jsonl").is_file():
         log_rows = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if ln.strip()]
-    write_report(run, result, log_rows, dump_config(cfg), result.get("examples", []))
+    findings = None
+    if log_rows:
+        from alignkit.eval.diagnose import diagnose
+
+        findings = diagnose(run)
+    write_report(run, result, log_rows, dump_config(cfg), result.get("changed", []), findings=findings)
 
 
 def format_summary(result: dict) -> str:

@@ -25,4 +25,7 @@ def pair_metrics(model, objective, items, batch_size: int, device) -> dict[str, 
             sums[k] = sums.get(k, 0.0) + float(v)
         total += objective.weight(chunk)
     model.train(was_training)
-    return {f"eval/{k}": v / max(total, 1) for k, v in sums.items()}
+    means = {k: v / max(total, 1) for k, v in sums.items()}
+    if hasattr(objective, "finalize_metrics"):
+        means = objective.finalize_metrics(means)
+    return {f"eval/{k}": v for k, v in means.items()}

@@ -123,6 +123,8 @@ def run_loop(*, accelerator, model, forward, objective, items, schedule, optimiz
             dt = time.perf_counter() - t0
             row = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4)}
             row.update({k: v / step_weight for k, v in sums.items()})
+            if hasattr(objective, "finalize_metrics"):  # KTO: exact means over desirable/undesirable rows
+                row = objective.finalize_metrics(row)
             row.update({"grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
                         "tokens_per_s": n_tokens * W / dt, "padding": 1 - n_tokens / max(n_padded, 1),
                         "skipped": not finite})

@@ -21,11 +21,13 @@ from transformers import get_scheduler
 
 from alignkit.config import RunConfig, dump_config
 from alignkit.data import formats, tokenize
+from alignkit.data.kto_convert import kto_balance_warning
 from alignkit.errors import UserError
 from alignkit.models import apply_lora, count_parameters, load_model, load_tokenizer
 from alignkit.train import preflight
 from alignkit.train import reference as refs
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
+from alignkit.train.kto import KTOObjective
 from alignkit.train.loop import LoopState, make_schedule, run_loop
 from alignkit.train.objectives import PolicyForward, PreferenceObjective, SFTObjective
 
@@ -51,11 +53,16 @@ def system_prompt(cfg: RunConfig) -> str | None:
 
 def prepare_data(cfg: RunConfig, tokenizer) -> Prepared:
     """Load, validate, split and tokenize the training (and eval) data for the run's method."""
-    if cfg.method == "kto":
-        raise UserError("method kto is not wired into `alignkit train` yet", where="config field method",
-                        hint="use dpo, or a paired relative")
-    load = formats.load_sft if cfg.method == "sft" else formats.load_preferences
-    tok = tokenize.tokenize_sft_rows if cfg.method == "sft" else tokenize.tokenize_pairs
+    if cfg.method == "kto" and cfg.train.micro_batch_size < 2:
+        raise UserError("kto needs micro_batch_size >= 2: its KL reference point pairs each completion with "
+                        "another row's prompt in the same micro-batch", where="config field train.micro_batch_size",
+                        hint="use 2 or more (lower gradient_accumulation_steps to keep the effective batch)")
+    if cfg.method == "kto":  # unpaired rows; a paired file unpairs into a desirable and an undesirable row
+        load, tok = formats.load_kto, tokenize.tokenize_kto_rows
+    elif cfg.method == "sft":
+        load, tok = formats.load_sft, tokenize.tokenize_sft_rows
+    else:
+        load, tok = formats.load_preferences, tokenize.tokenize_pairs
     system = system_prompt(cfg)
     rows, rep = load(cfg.data.train, system=system, skip_invalid=cfg.data.skip_invalid)
     if cfg.data.max_rows:
@@ -77,6 +84,13 @@ def prepare_data(cfg: RunConfig, tokenizer) -> Prepared:
              f" (max_length {cfg.data.max_length}); {ts.skipped} rows too long skipped"]
     if evals:
         lines.append(f"eval: {len(evals)} rows" + (f" from {cfg.data.eval}" if erep else " split off train"))
+    if cfg.method == "kto":
+        n_d = sum(it.label for it in train)
+        lines.append(f"kto: {n_d} desirable, {len(train) - n_d} undesirable rows")
+        warning = kto_balance_warning(n_d, len(train) - n_d, cfg.train.kto_desirable_weight,
+                                      cfg.train.kto_undesirable_weight)
+        if warning:
+            lines.append(f"warning: {warning}")
     return Prepared(train, evals, "\n".join(lines))
 
 
@@ -128,7 +142,10 @@ def _reference(cfg: RunConfig, model, lora: bool, objective_needs_ref: bool, pai
         return None, "none"
     kind = cfg.train.reference
     if kind == "auto":
-        kind = "adapter" if lora else "precomputed"
+        kind = "adapter" if lora else ("copy" if cfg.method == "kto" else "precomputed")
+    if kind == "precomputed" and cfg.method == "kto":
+        raise UserError("reference 'precomputed' is not supported for kto yet (its KL rows depend on the "
+                        "micro-batch)", where="config field train.reference", hint="use adapter (LoRA) or copy")
     if kind == "none":
         raise UserError(f"method {cfg.method} needs a reference model", where="config field train.reference",
                         hint="use auto, adapter, copy or precomputed")
@@ -170,7 +187,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     pad_id = tokenizer.pad_token_id
-    needs_ref = cfg.method in PAIRED and _needs_ref(cfg.method)
+    needs_ref = cfg.method == "kto" or (cfg.method in PAIRED and _needs_ref(cfg.method))
     pairs = data.train if cfg.method in PAIRED else []
     evals = data.eval if cfg.method in PAIRED else []
     # A frozen copy / precomputed table must come from the starting weights, before LoRA or training.
@@ -189,6 +206,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
                         hint="check model.lora.target_modules")
     if cfg.method == "sft":
         objective = SFTObjective(pad_id)
+    elif cfg.method == "kto":
+        objective = KTOObjective(tcfg.model_dump(), pad_id, ref, shared=tcfg.prefix_sharing)
     else:
         objective = PreferenceObjective(cfg.method, tcfg.model_dump(), pad_id, ref, shared=tcfg.prefix_sharing)
         objective.eval_offset = len(pairs)  # eval pairs follow train pairs in a precomputed table
