@@ -66,6 +66,9 @@ def cmd_train(args) -> int:
     return 0
 
 
+_SHOWN = [("loss", 4), ("rewards/accuracies", 2), ("rewards/margins", 3), ("kl", 3)]
+
+
 def _progress():
     """A one-line progress display with ETA (plain prints when not on a terminal)."""
     import time
@@ -80,10 +83,9 @@ def _progress():
         eta = (now - start["t"]) / max(done, 1) * (total - step)
         every = max(1, total // 20)
         if step % every == 0 or step == total or step == 1:
-            print(f"step {step}/{total}  loss {row.get('loss', float('nan')):.4f}  "
-                  f"acc {row.get('rewards/accuracies', float('nan')):.2f}  "
-                  f"margin {row.get('rewards/margins', float('nan')):.3f}  "
-                  f"{row.get('tokens_per_s', 0):.0f} tok/s  ETA {eta:.0f}s", flush=True)
+            shown = [f"{k} {row[k]:.4f}" for k, _ in _SHOWN if isinstance(row.get(k), (int, float))]
+            print(f"step {step}/{total}  " + "  ".join(shown) +
+                  f"  {row.get('tokens_per_s', 0):.0f} tok/s  ETA {eta:.0f}s", flush=True)
 
     return show
 

@@ -144,8 +144,8 @@ class EvalConfig(_Section):
     """Use only the first N probes."""
     max_new_tokens: int = Field(64, ge=1)
     """Answer length limit for probe generation."""
-    batch_size: int = Field(16, ge=1)
-    """Probes per generation batch."""
+    batch_size: int = Field(64, ge=1)
+    """Probes per generation batch (on CPU, decoding reads all weights per step: larger is faster)."""
     do_sample: bool = False
     """Sample answers instead of greedy decoding."""
     kl_samples: int = Field(1, ge=0)

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
+from conftest import save_tiny_checkpoint
 
 from alignkit.config import RunConfig
 from alignkit.eval.diagnose import diagnose
@@ -25,19 +25,8 @@ REFUSAL = "I can't help with that request."
 
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from alignkit.models import default_model_dir
-
-    out = tmp_path_factory.mktemp("tiny")
-    tok = AutoTokenizer.from_pretrained(default_model_dir())
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    """A tiny Llama with SmolLM2's tokenizer (see conftest.save_tiny_checkpoint)."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), hidden_size=32, intermediate_size=64)
 
 
 def _rows(n: int, refusal_only: bool) -> list[dict]:

@@ -42,19 +42,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def build_tiny_ckpt(out: Path) -> Path:
     """A 2-layer Llama with SmolLM2's tokenizer (its chat template), saved as a plain checkpoint."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    sys.path.insert(0, str(ROOT / "tests"))
+    from conftest import save_tiny_checkpoint
 
-    from alignkit.models import default_model_dir
-
-    tok = AutoTokenizer.from_pretrained(default_model_dir())
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_checkpoint(out)
 
 
 def write_pairs(path: Path, n: int = 16) -> Path:

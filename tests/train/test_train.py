@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_tiny_checkpoint
 from safetensors.torch import load_file
 
 from alignkit.config import RunConfig
@@ -24,20 +25,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="session")
 def tiny_ckpt(tmp_path_factory) -> Path:
-    """A 2-layer Llama with SmolLM2's tokenizer (its chat template), saved as a plain checkpoint."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from alignkit.models import default_model_dir
-
-    out = tmp_path_factory.mktemp("tiny")
-    tok = AutoTokenizer.from_pretrained(default_model_dir())
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(cfg).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    """A tiny Llama with SmolLM2's tokenizer (see conftest.save_tiny_checkpoint)."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,20 @@ def pair_logps(model, pairs, pad_id: int, batch_size: int = 8) -> torch.Tensor:
     return torch.cat(out).cpu() if out else torch.zeros(0, 2)
 
 
+@contextlib.contextmanager
+def merged(model):
+    """Generate with the LoRA update folded into the weights: the same function, without ~200 small
+    adapter matmuls per decoding step (about a third of the time on CPU). Unmerged afterwards."""
+    if not hasattr(model, "merge_adapter"):
+        yield model
+        return
+    model.merge_adapter()
+    try:
+        yield model
+    finally:
+        model.unmerge_adapter()
+
+
 def _gen_metrics(model, tokenizer, probes, ecfg) -> tuple[dict, list[str]]:
     answers = generate(model, tokenizer, [p["messages"] for p in probes], max_new_tokens=ecfg.max_new_tokens,
                        batch_size=ecfg.batch_size, do_sample=ecfg.do_sample)
@@ -73,11 +87,14 @@ def evaluate_pair(policy, reference, tokenizer, cfg: RunConfig, *, probes, pairs
         console(f"eval: generating answers to {len(probes)} probes (before)")
         with ref_ctx():
             before, before_answers = _gen_metrics(ref_model, tokenizer, probes, ecfg)
-        console(f"eval: generating answers to {len(probes)} probes (after)")
-        after, after_answers = _gen_metrics(policy, tokenizer, probes, ecfg)
-    if pairs:
+    if pairs:  # everything under the reference first, before merging touches the base weights
         with ref_ctx():
             ref_lp = pair_logps(ref_model, pairs, tokenizer.pad_token_id)
+    if probes:
+        console(f"eval: generating answers to {len(probes)} probes (after)")
+        with merged(policy):
+            after, after_answers = _gen_metrics(policy, tokenizer, probes, ecfg)
+    if pairs:
         pol_lp = pair_logps(policy, pairs, tokenizer.pad_token_id)
         pm = preference_metrics(pol_lp[:, 0], pol_lp[:, 1], ref_lp[:, 0], ref_lp[:, 1], cfg.train.beta)
         after.update(pm)

@@ -21,14 +21,15 @@ from alignkit.errors import UserError
 from alignkit.train.checkpoint import save_checkpoint
 
 
-def make_schedule(lengths: list[int], micro_batch: int, per_step: int, epochs: float, seed: int) -> list[list[int]]:
+def make_schedule(lengths: list[int], micro_batch: int, per_step: int, epochs: float, seed: int,
+                  window_steps: int = 16) -> list[list[int]]:
     """Micro-batches of item indices for the whole run; each run of `per_step` of them is one step.
 
-    Each epoch shuffles the items and cuts them into optimizer steps of `micro_batch x per_step`
-    items. Inside a step the items are sorted by length before being cut into micro-batches, so a
-    micro-batch holds rows of similar length (little padding), and *which* items a step sees does
-    not depend on how it is split: batch 1 x 8 accumulation sees the same rows as 8 x 1. Fractional
-    epochs cut the last epoch short.
+    Each epoch shuffles the items, sorts them by length inside windows of `window_steps` optimizer
+    steps, cuts each window into steps (which are then shuffled) and each step into micro-batches.
+    So a micro-batch holds rows of similar length (little padding), and *which* items a step sees
+    depends only on `micro_batch x per_step`, not on how it is split: batch 1 x 8 accumulation sees
+    the same rows as 8 x 1. Fractional epochs cut the last epoch short.
     """
     n = len(lengths)
     step_items = micro_batch * per_step
@@ -37,10 +38,15 @@ def make_schedule(lengths: list[int], micro_batch: int, per_step: int, epochs: f
     schedule: list[list[int]] = []
     epoch = 0
     while len(schedule) < total:
+        rng = random.Random(seed * 1_000_003 + epoch)
         order = list(range(n))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        for s in range(0, n, step_items):
-            step = sorted(order[s:s + step_items], key=lambda i: (lengths[i], i))
+        rng.shuffle(order)
+        steps: list[list[int]] = []
+        for w in range(0, n, step_items * window_steps):
+            window = sorted(order[w:w + step_items * window_steps], key=lambda i: (lengths[i], i))
+            steps += [window[i:i + step_items] for i in range(0, len(window), step_items)]
+        rng.shuffle(steps)
+        for step in steps:
             schedule += [step[i:i + micro_batch] for i in range(0, len(step), micro_batch)]
         epoch += 1
     return schedule[:total]
