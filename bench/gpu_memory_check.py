@@ -98,10 +98,11 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: skipped")
         return 0
+    from planner_accuracy import make_data
+
     from alignkit.config import RunConfig
     from alignkit.plan.hardware import get_hardware
     from alignkit.plan.memory import CALIBRATION, estimate, plan_input_from_config
-    from planner_accuracy import make_data
 
     try:
         import bitsandbytes  # noqa: F401
