@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import tiny_llama
+from tinymodels import tiny_llama
 
 from alignkit.data.collate import collate_pairs, collate_single
 from alignkit.logprobs import completion_logps, plain_completion_logps

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_checkpoint
+from tinymodels import save_tiny_checkpoint
 
 from alignkit.config import RunConfig
 from alignkit.eval.diagnose import diagnose

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def build_tiny_ckpt(out: Path) -> Path:
     """A 2-layer Llama with SmolLM2's tokenizer (its chat template), saved as a plain checkpoint."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import save_tiny_checkpoint
+    from tinymodels import save_tiny_checkpoint
 
     return save_tiny_checkpoint(out)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_checkpoint
 from safetensors.torch import load_file
+from tinymodels import save_tiny_checkpoint
 
 from alignkit.config import RunConfig
 from alignkit.train import reference as refs
