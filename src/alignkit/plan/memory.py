@@ -33,12 +33,18 @@ class Calibration:
 
     Attributes:
         cuda_context: CUDA context, cuBLAS workspace and caching-allocator slack on a GPU (0.5-1 GB).
-        cpu_baseline: RSS of Python + ``import torch, transformers, peft, accelerate`` (+ alignkit's
-            imports) before any model: measured 402 MiB on the 2-core dev machine (torch 2.13 CPU,
-            transformers 5.24) with psutil; rounded up to 420 MiB for alignkit, rich and pydantic.
+        cpu_baseline: RSS of a training process before any model: Python + ``alignkit.train.run``'s
+            imports (torch, transformers, peft, accelerate, alignkit) + the loaded tokenizer and data.
+            Measured by bench/planner_accuracy.py's probe (VmRSS, torch 2.13 CPU, transformers 5.24):
+            412 MiB after the imports, 456 MiB once SmolLM2's 49k-token BPE fast tokenizer is loaded
+            (+44 MiB; a 128k-152k vocabulary tokenizer costs proportionally more). ru_maxrss, which
+            run.json records, includes both, so both are the baseline. (Was 420: imports only.)
         logit_bytes_train: bytes per (position x vocabulary) element in a forward+backward through
             log-softmax: fp32 log-softmax output kept for backward + the gather's dense gradient + the
-            log-softmax input gradient = 12 (measured with VmHWM on CPU for fp32 and bf16: 12.0).
+            log-softmax input gradient = 12. Note: bench/planner_accuracy.py's probe measures 16.0 on
+            CPU (torch 2.13, fp32, hidden states requiring grad as in training: the two N x V input
+            gradients are summed out of place, one more N x V). Not changed here because this
+            constant is shared with the GPU model and its worked examples; see docs/PLANNER.md.
         logit_bytes_nograd: same without gradients: the fp32 copy and the log-softmax output (8), plus
             the model's half-precision logits when the model runs in fp16/bf16 (added in the code).
         logit_chunk_tokens: positions per chunk of the chunked (recomputed) log-softmax used with
@@ -48,7 +54,7 @@ class Calibration:
     """
 
     cuda_context: int = int(0.75 * GiB)
-    cpu_baseline: int = 420 * 1024**2
+    cpu_baseline: int = 456 * 1024**2
     logit_bytes_train: int = 12
     logit_bytes_nograd: int = 8
     logit_chunk_tokens: int = 1024
