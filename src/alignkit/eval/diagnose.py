@@ -168,6 +168,9 @@ def check_over_refusal(run: _Run) -> list[Finding]:
         fixes.append("train fewer epochs (1-2) or set train.max_steps")
     if run.method != "rpo":
         fixes.append("add an NLL term on chosen answers: method=rpo train.rpo_alpha=1")
+    if not causes:  # no single cause: move less far from the reference, and show it more helpful pairs
+        fixes += ["add pairs for alarming-but-harmless prompts (helpful answer chosen, refusal rejected)",
+                  "raise train.beta or lower train.learning_rate / train.max_steps to stay closer to the reference"]
     why = "; ".join(causes) if causes else "none of the usual causes (refusal-heavy data, low beta, many epochs) found"
     return [Finding("over_refusal", "error", "; ".join(parts) + f". Causes: {why}.", fixes, numbers)]
 
@@ -195,7 +198,8 @@ def check_task_regression(run: _Run) -> list[Finding]:
         return []
     return [Finding("task_regression", "error",
                     f"task_valid/benign fell from {_pct(before)} to {_pct(after)} (> {_pct(TASK_DROP)} drop)",
-                    ["add an SFT term (method=rpo) or mix task demonstrations into the chosen answers",
+                    ["raise train.rpo_alpha (the chosen answers' NLL weight)" if run.method == "rpo" else
+                     "add an SFT term (method=rpo) or mix task demonstrations into the chosen answers",
                      "raise train.beta to stay closer to the reference", "lower the learning rate"],
                     {"task_valid/benign": {"before": before, "after": after}})]
 
