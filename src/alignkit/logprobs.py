@@ -66,6 +66,17 @@ def completion_logps(model, batch: Batch, *, chunk: int = CHUNK) -> tuple[torch.
     return logps, n_tokens
 
 
+@torch.no_grad()
+def pair_logps_table(model, pairs, pad_id: int, batch_size: int = 8) -> torch.Tensor:
+    """(n, 2) chosen/rejected completion log-probs of tokenized pairs, on the CPU, no gradients."""
+    from alignkit.data.collate import collate_pairs
+
+    device = next(model.parameters()).device
+    out = [completion_logps(model, collate_pairs(pairs[i:i + batch_size], pad_id).to(device))[0].reshape(-1, 2).cpu()
+           for i in range(0, len(pairs), batch_size)]
+    return torch.cat(out) if out else torch.zeros(0, 2)
+
+
 def plain_completion_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                            completion_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The textbook computation, for tests: full logits, full log-softmax, mask, sum.

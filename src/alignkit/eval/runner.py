@@ -16,14 +16,13 @@ import torch
 
 from alignkit.config import RunConfig, load_config
 from alignkit.data import formats, tokenize
-from alignkit.data.collate import collate_pairs
 from alignkit.data.task_api import parse_task
 from alignkit.errors import UserError
 from alignkit.eval.generation import generate
 from alignkit.eval.kl import estimate_kl
 from alignkit.eval.metrics import STABLE_KEYS, generation_metrics, preference_metrics
 from alignkit.eval.refusal import is_refusal
-from alignkit.logprobs import completion_logps
+from alignkit.logprobs import pair_logps_table
 from alignkit.models import load_model, load_tokenizer
 
 
@@ -39,13 +38,10 @@ def load_probes(path: str | Path, system: str | None, limit: int | None = None) 
     return probes[:limit] if limit else probes
 
 
-@torch.no_grad()
 def pair_logps(model, pairs, pad_id: int, batch_size: int = 8) -> torch.Tensor:
-    """(n, 2) chosen/rejected completion log-probs of tokenized pairs."""
+    """(n, 2) chosen/rejected completion log-probs of tokenized pairs (model in eval mode)."""
     model.eval()
-    out = [completion_logps(model, collate_pairs(pairs[i:i + batch_size], pad_id).to(model.device))[0].reshape(-1, 2)
-           for i in range(0, len(pairs), batch_size)]
-    return torch.cat(out).cpu() if out else torch.zeros(0, 2)
+    return pair_logps_table(model, pairs, pad_id, batch_size)
 
 
 @contextlib.contextmanager

@@ -19,8 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from alignkit.data.collate import collate_pairs
-from alignkit.logprobs import completion_logps
+from alignkit.logprobs import completion_logps, pair_logps_table
 from alignkit.models import cache_dir, is_run_dir
 
 
@@ -99,15 +98,12 @@ def pairs_fingerprint(pairs) -> str:
 @torch.no_grad()
 def compute_reference_table(model, pairs, pad_id: int, batch_size: int, device) -> torch.Tensor:
     """(n_pairs, 2) reference log-probs of every pair, under the starting weights."""
-    out = []
     was_training = model.training
     model.eval()
     with _reference_mode(model) as ref:
-        for i in range(0, len(pairs), batch_size):
-            batch = collate_pairs(pairs[i:i + batch_size], pad_id).to(device)
-            out.append(completion_logps(ref, batch)[0].reshape(-1, 2).cpu())
+        table = pair_logps_table(ref, pairs, pad_id, batch_size)
     model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, 2)
+    return table
 
 
 def cached_reference_table(model, pairs, *, model_key: str, pad_id: int, batch_size: int, device,
