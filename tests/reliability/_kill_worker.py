@@ -40,6 +40,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _after_step(cli, step: int, action) -> None:
+    """Run `action` right after optimizer step `step`, through the CLI's progress callback."""
+    make = cli._progress
+
+    def progress():
+        show = make()
+
+        def wrapped(s, total, row):
+            show(s, total, row)
+            if s == step:
+                action()
+        return wrapped
+    cli._progress = progress
+
+
 def build_tiny_ckpt(out: Path) -> Path:
     """A 2-layer Llama with SmolLM2's tokenizer (its chat template), saved as a plain checkpoint."""
     sys.path.insert(0, str(ROOT / "tests"))
@@ -99,17 +114,7 @@ def install_kill(hook: str, n: int) -> None:
     import alignkit.train.run as run
 
     if hook == "step":
-        make = cli._progress
-
-        def progress():
-            show = make()
-
-            def wrapped(step, total, row):
-                show(step, total, row)
-                if step == n:
-                    _die()
-            return wrapped
-        cli._progress = progress
+        _after_step(cli, n, _die)
     elif hook == "save_file":
         ck.save_file = _nth(n, ck.save_file)
     elif hook == "torch_save":
@@ -160,17 +165,7 @@ def install_signal(sig: str, step: int) -> None:
     """Send ourselves `sig` (through the real handler) right after optimizer step `step`."""
     import alignkit.cli as cli
 
-    make = cli._progress
-
-    def progress():
-        show = make()
-
-        def wrapped(s, total, row):
-            show(s, total, row)
-            if s == step:
-                os.kill(os.getpid(), getattr(signal, sig))
-        return wrapped
-    cli._progress = progress
+    _after_step(cli, step, lambda: os.kill(os.getpid(), getattr(signal, sig)))
 
 
 # ---------------------------------------------------------------------------------- fork server --

@@ -137,9 +137,8 @@ def run_plan(cfg: RunConfig, device):
         return None
 
 
-def _reference(cfg: RunConfig, model, lora: bool, objective_needs_ref: bool, pairs, evals, pad_id, device, console):
-    if not objective_needs_ref:
-        return None, "none"
+def _reference(cfg: RunConfig, model, lora: bool, pairs, evals, pad_id, device, console):
+    """The reference strategy of a method that needs one, and its name."""
     kind = cfg.train.reference
     if kind == "auto":
         kind = "adapter" if lora else ("copy" if cfg.method == "kto" else "precomputed")
@@ -193,13 +192,13 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
     # A frozen copy / precomputed table must come from the starting weights, before LoRA or training.
     ref, ref_kind = (None, "none")
     if needs_ref and not lora:
-        ref, ref_kind = _reference(cfg, model, False, True, pairs, evals, pad_id, accelerator.device, console)
+        ref, ref_kind = _reference(cfg, model, False, pairs, evals, pad_id, accelerator.device, console)
     if lora:
         lc = cfg.model.lora
         model = apply_lora(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=lc.target_modules,
                            gradient_checkpointing=cfg.model.gradient_checkpointing)
         if needs_ref:
-            ref, ref_kind = _reference(cfg, model, True, True, pairs, evals, pad_id, accelerator.device, console)
+            ref, ref_kind = _reference(cfg, model, True, pairs, evals, pad_id, accelerator.device, console)
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError("the model has no trainable parameters", where="config field model.lora",
