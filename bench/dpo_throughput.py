@@ -85,7 +85,7 @@ SEED = 0
 # (warm-up steps, measured steps, rounds) per workload; beta sweep: (steps per run, rows)
 # Sized so that a full run fits in ~15 min on 2 quiet CPU cores: a long_prompt step costs ~4x a
 # task_api step, and TRL ~2x alignkit.
-FULL = {"task_api": (1, 3, 2), "long_prompt": (1, 1, 2), "beta_sweep": (2, 8)}
+FULL = {"task_api": (1, 3, 2), "long_prompt": (1, 1, 2), "beta_sweep": (8, 32)}
 QUICK = {"task_api": (1, 1, 1), "long_prompt": (1, 1, 1), "beta_sweep": (1, 4)}
 
 

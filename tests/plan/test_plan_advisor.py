@@ -103,3 +103,20 @@ def test_sizing_follows_the_data_and_the_gpu(tmp_path):
     assert rec.config["data"]["max_length"] == 128 and rec.config["data"]["max_prompt_length"] == 64
     assert rec.config["model"]["quantization"] == "4bit"  # 13.5 GB of fp16 weights do not fit a T4
     assert recommend(stats, "7b", "a100-80gb").config["model"]["quantization"] == "none"
+
+
+def test_cpu_allocator_fix_only_on_cpu():
+    """On CPU a LoRA run that misses by less than its heap retention is fixed by the allocator
+    policy alone (same results, listed in rank order with the others); a GPU never gets that fix."""
+    from alignkit.plan.hardware import get_hardware
+
+    inp = PlanInput(load_arch("default"), "dpo", micro_batch=4, seq_len=512)
+    p = estimate(inp, get_hardware("cpu", ram="64gb"))
+    kept = p.components["freed activations kept in the heap (glibc)"]
+    ram = f"{(p.total - kept // 2) / 2**30:.3f}gb"  # between the mmap plan and the glibc plan
+    found = fixes(inp, get_hardware("cpu", ram=ram))
+    (fix,) = [f for f in found if f.name == "cpu_allocator"]
+    assert fix.changes == {"cpu_allocator": "mmap"} and fix.total == p.total - kept and fix.fits
+    assert [f.rank for f in found] == sorted(f.rank for f in found)
+    gpu = fixes(PlanInput(load_arch("7b"), "dpo", quant="4bit", micro_batch=4, seq_len=512, grad_ckpt=False), "t4")
+    assert all("cpu_allocator" not in f.name for f in gpu)

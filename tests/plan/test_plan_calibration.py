@@ -75,3 +75,34 @@ def test_bench_matrix_covers_every_method_in_every_margin():
         assert {c["max_length"] for c in mine} == {64, 256}
     assert len({c["name"] for c in configs}) == len(configs)
     assert len(_bench().matrix(quick=True)) == 3
+
+
+def test_cpu_heap_retention_is_activations_less_what_gradients_and_states_reuse():
+    """glibc keeps the first step's freed activations: k x activations, minus the gradients and
+    optimizer states allocated afterwards (which land in those holes); never on a GPU or with the
+    mmap allocator policy, never negative."""
+    name = "freed activations kept in the heap (glibc)"
+    lora = _plan(CPU)
+    act = lora.components["activations"]
+    reused = lora.components["gradients (fp32)"] + lora.components["optimizer states (adamw)"]
+    assert lora.components[name] == int(CALIBRATION.cpu_heap_retention * act - reused)
+    assert lora.phases[name] == "train"
+    assert name not in _plan(GPU).components
+    mmap = _plan(CPU, cpu_allocator="mmap")
+    assert name not in mmap.components and lora.total - mmap.total == lora.components[name]
+    # full fine-tuning: 1.5 GiB of gradients + AdamW states absorb a small batch's holes
+    full = estimate(PlanInput(SMOL, "sft", lora_r=0, micro_batch=1, seq_len=256), CPU)
+    assert full.components["activations"] < 2**30 and name not in full.components
+    half = replace(CALIBRATION, cpu_heap_retention=0.5)
+    assert _plan(CPU, half).components[name] == int(0.5 * act - reused)
+
+
+def test_plan_from_config_reads_the_allocator_policy_from_the_environment(monkeypatch):
+    from alignkit.config import RunConfig
+    from alignkit.plan.memory import plan_input_from_config
+
+    cfg = RunConfig.model_validate({})
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    assert plan_input_from_config(cfg, arch=SMOL).cpu_allocator == "glibc"
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "1048576")
+    assert plan_input_from_config(cfg, arch=SMOL).cpu_allocator == "mmap"

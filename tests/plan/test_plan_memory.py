@@ -95,7 +95,7 @@ def test_checkpointing_prefix_sharing_and_completion_logits_reduce_memory():
     # full logits: 8 sequences x 1024 positions x 49152 x 12 bytes; chunked: one 1024-position chunk
     assert plain.components["logits"] == 8 * 1024 * 49152 * CALIBRATION.logit_bytes_train
     chunked = estimate(PlanInput(SMOL, "dpo", **base), A100)
-    assert chunked.components["logits"] == CALIBRATION.logit_chunk_tokens * 49152 * 12
+    assert chunked.components["logits"] == CALIBRATION.logit_chunk_tokens * 49152 * 16
 
 
 def test_cpu_uses_fp32_and_the_measured_baseline():
@@ -120,9 +120,9 @@ def test_worked_example_numbers_are_pinned():
     qlora = dict(lora_r=16, lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"), quant="4bit", grad_ckpt=True,
                  prefix_sharing=False, completion_only_logits=False)
     dpo = plan_from_args("7b", "dpo", gpu="t4", micro_batch=2, seq_len=1024, **qlora)
-    assert dpo.total / GiB == pytest.approx(7.82, abs=0.01) and dpo.fits
+    assert dpo.total / GiB == pytest.approx(8.31, abs=0.01) and dpo.fits
     ppo = plan_from_args("7b", "ppo", gpu="t4", micro_batch=4, seq_len=512, **qlora)
-    assert ppo.total / GiB == pytest.approx(14.05, abs=0.01) and ppo.fits
+    assert ppo.total / GiB == pytest.approx(14.29, abs=0.01) and ppo.fits
     assert not plan_from_args("7b", "ppo", gpu="t4", micro_batch=4, seq_len=512, reference="copy", **qlora).fits
 
 

@@ -31,6 +31,8 @@ FIX_ORDER = (
                                "in recomputed chunks"),
     ("prefix_sharing", "same results: the prompt is forwarded once per pair instead of twice"),
     ("grad_ckpt", "same results, about 30% more compute: blocks recompute their activations in backward"),
+    ("cpu_allocator", "same results, slower steps: start the run with MALLOC_MMAP_THRESHOLD_=1048576 in the "
+                      "environment so that glibc returns freed activations to the OS (CPU only)"),
     ("micro_batch", "same effective batch (more accumulation steps): same maths, slower steps"),
     ("reference", "same maths: the reference is the base with LoRA switched off, or log-probs computed "
                   "once before training, instead of a second model in memory"),
@@ -77,6 +79,8 @@ def _candidate(name: str, inp: PlanInput, hw: Hardware) -> PlanInput | None:
         return replace(inp, prefix_sharing=True)
     if name == "grad_ckpt" and not inp.grad_ckpt:
         return replace(inp, grad_ckpt=True)
+    if name == "cpu_allocator" and hw.kind == "cpu" and inp.cpu_allocator == "glibc":
+        return replace(inp, cpu_allocator="mmap")
     if name == "micro_batch" and inp.micro_batch > 1:
         sizes, mb = [], inp.micro_batch // 2
         while mb >= 1:
@@ -104,7 +108,7 @@ def _candidate(name: str, inp: PlanInput, hw: Hardware) -> PlanInput | None:
 
 def _diff(old: PlanInput, new: PlanInput) -> dict:
     keys = ("completion_only_logits", "prefix_sharing", "grad_ckpt", "micro_batch", "grad_accum", "reference",
-            "optimizer", "seq_len", "prompt_len", "lora_r", "quant")
+            "optimizer", "seq_len", "prompt_len", "lora_r", "quant", "cpu_allocator")
     return {k: getattr(new, k) for k in keys if getattr(new, k) != getattr(old, k)}
 
 

@@ -15,6 +15,7 @@ in `Calibration`, so that bench/planner_accuracy.py can fit them against measure
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
 
 from alignkit.errors import UserError
@@ -40,24 +41,35 @@ class Calibration:
             (+44 MiB; a 128k-152k vocabulary tokenizer costs proportionally more). ru_maxrss, which
             run.json records, includes both, so both are the baseline. (Was 420: imports only.)
         logit_bytes_train: bytes per (position x vocabulary) element in a forward+backward through
-            log-softmax: fp32 log-softmax output kept for backward + the gather's dense gradient + the
-            log-softmax input gradient = 12. Note: bench/planner_accuracy.py's probe measures 16.0 on
-            CPU (torch 2.13, fp32, hidden states requiring grad as in training: the two N x V input
-            gradients are summed out of place, one more N x V). Not changed here because this
-            constant is shared with the GPU model and its worked examples; see docs/PLANNER.md.
+            log-softmax: the fp32 log-softmax output kept for backward, the gather's dense gradient,
+            the log-softmax input gradient, and one more N x V because the two input gradients are
+            summed out of place (the hidden states require grad, as in training) = 16. Measured by
+            bench/planner_accuracy.py's probe (torch 2.13 CPU: 16.0). This is autograd's order of
+            work, not the allocator's, so the same constant is used on a GPU. (Was 12.)
         logit_bytes_nograd: same without gradients: the fp32 copy and the log-softmax output (8), plus
             the model's half-precision logits when the model runs in fp16/bf16 (added in the code).
         logit_chunk_tokens: positions per chunk of the chunked (recomputed) log-softmax used with
             ``completion_only_logits``; must match alignkit.logprobs.
+        cpu_heap_retention: on CPU with glibc's default malloc, the activations freed after the
+            first step stay in the process heap (glibc raises its mmap threshold once a large block
+            is freed, so later activations come from the heap, which does not shrink), and the
+            next step's activations do not all fit back into those holes. Gradients and optimizer
+            states allocated after the first forward do reuse them (full fine-tuning shows no
+            excess). Modelled as ``max(0, k x activations - gradients - optimizer states)`` in the
+            train phase; k = 1.5 fitted on bench/planner_accuracy.py's 24 runs (k 1.4-1.6 all give
+            a max error of 11%; a first fit of 1.0 on --explain runs, whose peak-RSS resets
+            under-measure, left two SmolLM2 LoRA runs at -19%). Zero with ``cpu_allocator="mmap"``
+            (MALLOC_MMAP_THRESHOLD_=1048576: freed blocks go back to the OS).
         activation_scale_gpu / activation_scale_cpu: multiplier on the counted saved tensors, for the
             allocator's rounding and temporaries; 1.0 until bench/planner_accuracy.py measures otherwise.
     """
 
     cuda_context: int = int(0.75 * GiB)
     cpu_baseline: int = 456 * 1024**2
-    logit_bytes_train: int = 12
+    logit_bytes_train: int = 16
     logit_bytes_nograd: int = 8
     logit_chunk_tokens: int = 1024
+    cpu_heap_retention: float = 1.5
     activation_scale_gpu: float = 1.0
     activation_scale_cpu: float = 1.0
 
@@ -75,6 +87,9 @@ class PlanInput:
     (prompt + completion); ``prompt_len`` the prompt part of it. `prefix_sharing` and
     `completion_only_logits` default to what alignkit's trainer does; set both False to plan a run
     that forwards chosen and rejected separately and computes logits at every position (TRL's way).
+    ``cpu_allocator`` (CPU only): ``"glibc"``, the C library's default malloc, which keeps freed
+    activations in the heap; ``"mmap"``, the run started with ``MALLOC_MMAP_THRESHOLD_=1048576``
+    so that freed blocks go back to the OS (lower peak RSS, slower steps).
     """
 
     arch: Arch
@@ -94,6 +109,7 @@ class PlanInput:
     reference: str = "auto"
     prefix_sharing: bool = True
     completion_only_logits: bool = True
+    cpu_allocator: str = "glibc"
     device: str = "gpu"
 
     def __post_init__(self):
@@ -102,7 +118,8 @@ class PlanInput:
                             where=f"plan input {name}")
 
         checks = {"method": METHODS, "quant": ("none", "8bit", "4bit"), "optimizer": ("adamw", "adamw8bit"),
-                  "reference": ("auto", "adapter", "copy", "precomputed", "none"), "device": ("gpu", "cpu")}
+                  "reference": ("auto", "adapter", "copy", "precomputed", "none"), "device": ("gpu", "cpu"),
+                  "cpu_allocator": ("glibc", "mmap")}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 bad(name, getattr(self, name), allowed)
@@ -266,6 +283,10 @@ def estimate(inp: PlanInput, hardware: Hardware | str = "t4", calib: Calibration
     if inp.prefix_sharing and inp.method in _PAIRED:
         act += seqs * length * length * a  # the 2-D attention mask that keeps chosen and rejected apart
     plan.add("activations" + (" (checkpointed)" if inp.grad_ckpt else ""), scale * act * n_models, "train")
+    if hw.kind == "cpu" and inp.cpu_allocator == "glibc":
+        reused = sum(b for n, b in plan.components.items() if n.startswith(("gradients", "optimizer states")))
+        plan.add("freed activations kept in the heap (glibc)",
+                 max(0.0, c.cpu_heap_retention * scale * act * n_models - reused), "train")
     if not scalar_head:
         plan.add("logits", _logits(inp, head_pos, c.logit_bytes_train, c), "train")
 
@@ -310,6 +331,8 @@ def plan_input_from_config(cfg, arch: Arch | str | None = None) -> PlanInput:
         micro_batch=t.micro_batch_size, grad_accum=t.gradient_accumulation_steps, seq_len=d.max_length,
         prompt_len=min(d.max_prompt_length, d.max_length - 1), grad_ckpt=m.gradient_checkpointing,
         reference=t.reference, prefix_sharing=t.prefix_sharing, completion_only_logits=True,
+        # the allocator policy of the environment the run starts in (see Calibration.cpu_heap_retention)
+        cpu_allocator="mmap" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "glibc",
     )
 
 
