@@ -196,3 +196,26 @@ def test_export_merges_chain_into_plain_checkpoint(tmp_path, tiny_ckpt, pairs_fi
         sft_only = load_model(str(sft_run))(ids).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert (got - sft_only).abs().max() > 1e-4 and (sft_only - base).abs().max() > 1e-4  # both stages count
+
+
+def test_final_eval_scores_the_split_training_held_out(tmp_path, tiny_ckpt, pairs_file):
+    """With `data.eval: null`, training holds out `eval_fraction` of the training file, and the
+    final evaluation scores exactly those rows (not none, and not training rows)."""
+    from alignkit.eval.runner import _eval_pairs, evaluate_run
+    from alignkit.models import load_tokenizer
+    from alignkit.train.run import prepare_data, system_prompt
+
+    cfg = make_cfg(tmp_path, tiny_ckpt, pairs_file, "split")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"eval_fraction": 0.25}),
+                                 "eval": cfg.eval.model_copy(update={"enabled": True, "probes": None})})
+    tok = load_tokenizer(str(tiny_ckpt))
+    held_out = prepare_data(cfg, tok).eval
+    scored = _eval_pairs(cfg, tok, system_prompt(cfg))
+    assert 0 < len(held_out) < 16
+    key = lambda it: (tuple(it.prompt_ids), tuple(it.chosen_ids), tuple(it.rejected_ids))  # noqa: E731
+    assert [key(x) for x in scored] == [key(x) for x in held_out]
+    train_keys = {key(x) for x in prepare_data(cfg, tok).train}
+    assert not train_keys & {key(x) for x in scored}
+    run = train(cfg, console=lambda *_: None)
+    after = evaluate_run(run, console=lambda *_: None)["after"]
+    assert after["reward_accuracy"] is not None and after["n/pairs"] == len(held_out)
