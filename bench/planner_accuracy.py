@@ -194,6 +194,33 @@ def probe_prediction(cfg: dict, calib, env: dict) -> float:
     return estimate(inp, get_hardware("cpu"), calib).total / 2**20
 
 
+def retention_sweep(results: list[dict], workdir: Path, ks=(0.0, 1.0, 1.25, 1.5, 1.75, 2.0)) -> dict[float, tuple]:
+    """(median, max) |error| of the same runs re-predicted with other `Calibration.cpu_heap_retention`
+    values: how sensitive the fit is (the runs are not repeated; their configs are re-planned)."""
+    from dataclasses import replace
+
+    import yaml
+
+    from alignkit.config import RunConfig
+    from alignkit.models import base_of
+    from alignkit.plan.hardware import get_hardware
+    from alignkit.plan.memory import CALIBRATION, estimate, plan_input_from_config
+
+    inputs = []
+    for r in results:
+        rc = RunConfig.model_validate(yaml.safe_load((workdir / "runs" / r["name"].replace("/", "_") /
+                                                      "config.yaml").read_text()))
+        inp = plan_input_from_config(rc, arch=base_of(rc.model.name_or_path))
+        inp.cpu_allocator = "mmap" if r["name"].endswith("+mmap") else "glibc"
+        inputs.append((inp, r["measured_mb"]))
+    out = {}
+    for k in ks:
+        calib = replace(CALIBRATION, cpu_heap_retention=k)
+        errs = [abs(estimate(inp, get_hardware("cpu"), calib).total / 2**20 / m - 1) for inp, m in inputs]
+        out[k] = (statistics.median(errs), max(errs))
+    return out
+
+
 def print_explain(r: dict) -> None:
     ex = r["explain"]
     print(f"\n== {r['name']}: predicted {r['predicted_mb']:.0f} MB, measured {r['measured_mb']:.0f} MB")
@@ -260,6 +287,9 @@ def main(argv=None) -> int:
           f"target: all within 20%, median within 10%)")
     perr = [abs(r["probe_error"]) for r in results]
     print(f"with the probe's constants: median |error| {statistics.median(perr):.1%}   max |error| {max(perr):.1%}")
+    sweep = retention_sweep(results, workdir)
+    print("the same runs re-planned with other cpu_heap_retention (k) values: " + ", ".join(
+        f"k={k:g}: median {med_:.1%} max {max_:.1%}" for k, (med_, max_) in sweep.items()))
     if args.explain:
         for r in results:
             print_explain(r)

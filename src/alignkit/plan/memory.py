@@ -56,9 +56,10 @@ class Calibration:
             next step's activations do not all fit back into those holes. Gradients and optimizer
             states allocated after the first forward do reuse them (full fine-tuning shows no
             excess). Modelled as ``max(0, k x activations - gradients - optimizer states)`` in the
-            train phase; k = 1.5 fitted on bench/planner_accuracy.py's 24 runs (k 1.4-1.6 all give
-            a max error of 11%; a first fit of 1.0 on --explain runs, whose peak-RSS resets
-            under-measure, left two SmolLM2 LoRA runs at -19%). Zero with ``cpu_allocator="mmap"``
+            train phase; k = 1.5 fitted on bench/planner_accuracy.py's 24 runs, which also prints
+            the same runs re-planned with other k (last run: k 0 gives max 44.8%, k 1.25-1.75 give
+            max 11-13%; k 1.0, a first fit on --explain runs whose peak-RSS resets under-measure,
+            gives max 18.5%; k 2.0 gives 17.8%). Zero with ``cpu_allocator="mmap"``
             (MALLOC_MMAP_THRESHOLD_=1048576: freed blocks go back to the OS).
         activation_scale_gpu / activation_scale_cpu: multiplier on the counted saved tensors, for the
             allocator's rounding and temporaries; 1.0 until bench/planner_accuracy.py measures otherwise.
