@@ -180,18 +180,24 @@ def run_probe() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def probe_prediction(cfg: dict, calib, env: dict) -> float:
-    """The planner's total (MB) for `cfg` with the probe's measured constants instead of the defaults."""
+def plan_input(cfg: dict, mmap: bool):
+    """The planner's input for a child's run config, with the allocator policy the child ran under."""
     from alignkit.config import RunConfig
     from alignkit.models import base_of
-    from alignkit.plan.hardware import get_hardware
-    from alignkit.plan.memory import estimate, plan_input_from_config
+    from alignkit.plan.memory import plan_input_from_config
 
     rc = RunConfig.model_validate(cfg)
     inp = plan_input_from_config(rc, arch=base_of(rc.model.name_or_path))
-    if "MALLOC_MMAP_THRESHOLD_" in env:
-        inp.cpu_allocator = "mmap"
-    return estimate(inp, get_hardware("cpu"), calib).total / 2**20
+    inp.cpu_allocator = "mmap" if mmap else "glibc"
+    return inp
+
+
+def probe_prediction(cfg: dict, calib, env: dict) -> float:
+    """The planner's total (MB) for `cfg` with the probe's measured constants instead of the defaults."""
+    from alignkit.plan.hardware import get_hardware
+    from alignkit.plan.memory import estimate
+
+    return estimate(plan_input(cfg, "MALLOC_MMAP_THRESHOLD_" in env), get_hardware("cpu"), calib).total / 2**20
 
 
 def retention_sweep(results: list[dict], workdir: Path, ks=(0.0, 1.0, 1.25, 1.5, 1.75, 2.0)) -> dict[float, tuple]:
@@ -201,18 +207,13 @@ def retention_sweep(results: list[dict], workdir: Path, ks=(0.0, 1.0, 1.25, 1.5,
 
     import yaml
 
-    from alignkit.config import RunConfig
-    from alignkit.models import base_of
     from alignkit.plan.hardware import get_hardware
-    from alignkit.plan.memory import CALIBRATION, estimate, plan_input_from_config
+    from alignkit.plan.memory import CALIBRATION, estimate
 
     inputs = []
     for r in results:
-        rc = RunConfig.model_validate(yaml.safe_load((workdir / "runs" / r["name"].replace("/", "_") /
-                                                      "config.yaml").read_text()))
-        inp = plan_input_from_config(rc, arch=base_of(rc.model.name_or_path))
-        inp.cpu_allocator = "mmap" if r["name"].endswith("+mmap") else "glibc"
-        inputs.append((inp, r["measured_mb"]))
+        cfg = yaml.safe_load((workdir / "runs" / r["name"].replace("/", "_") / "config.yaml").read_text())
+        inputs.append((plan_input(cfg, r["name"].endswith("+mmap")), r["measured_mb"]))
     out = {}
     for k in ks:
         calib = replace(CALIBRATION, cpu_heap_retention=k)
