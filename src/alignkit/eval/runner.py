@@ -120,22 +120,21 @@ def evaluate_pair(policy, reference, tokenizer, cfg: RunConfig, *, probes, pairs
 
 
 def _eval_pairs(cfg: RunConfig, tokenizer, system):
-    """The held-out pairs: `data.eval`, or else the same `eval_fraction` split of the training file
-    that training held out (seeded by the prompts, so it is the same rows)."""
+    """The held-out pairs: `data.eval`, or else the `eval_fraction` split training held out."""
+    from alignkit.train.run import load_split
+
     if not cfg.data.eval and (not cfg.data.eval_fraction or cfg.method == "kto"):
         return []  # (KTO splits its unpaired rows, so the paired split would not be the held-out one)
-    try:
-        if cfg.data.eval:
+    if cfg.data.eval:
+        try:
             rows, _ = formats.load_preferences(cfg.data.eval, system=system, skip_invalid=cfg.data.skip_invalid)
-        else:
-            rows, _ = formats.load_preferences(cfg.data.train, system=system, skip_invalid=cfg.data.skip_invalid)
-            rows = rows[:cfg.data.max_rows] if cfg.data.max_rows else rows
-            _, rows = formats.split_train_eval(rows, cfg.data.eval_fraction, cfg.train.seed)
-    except UserError:
-        if cfg.method != "kto":
-            raise
-        return []  # an unpaired KTO file: no pairs to score reward accuracy on
-    rows = rows[:cfg.data.max_eval_rows] if cfg.data.max_eval_rows else rows
+        except UserError:
+            if cfg.method != "kto":
+                raise
+            return []  # an unpaired KTO eval file: no pairs to score reward accuracy on
+        rows = rows[:cfg.data.max_eval_rows] if cfg.data.max_eval_rows else rows
+    else:
+        rows = load_split(cfg, formats.load_preferences, system)[1]
     pairs, _ = tokenize.tokenize_pairs(tokenizer, rows, max_length=cfg.data.max_length,
                                        max_prompt_length=cfg.data.max_prompt_length, skip_invalid=True)
     return pairs

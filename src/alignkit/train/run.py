@@ -51,6 +51,22 @@ def system_prompt(cfg: RunConfig) -> str | None:
     return path.read_text(encoding="utf-8").strip()
 
 
+def load_split(cfg: RunConfig, load, system: str | None):
+    """(train rows, eval rows, train report, eval report or None): `data.eval` if set, else the
+    seeded `eval_fraction` split of the training file (after `max_rows`); eval capped at
+    `max_eval_rows`. The final evaluation calls this too, so it scores the rows training held out."""
+    rows, rep = load(cfg.data.train, system=system, skip_invalid=cfg.data.skip_invalid)
+    if cfg.data.max_rows:
+        rows = rows[:cfg.data.max_rows]
+    if cfg.data.eval:
+        eval_rows, erep = load(cfg.data.eval, system=system, skip_invalid=cfg.data.skip_invalid)
+    else:
+        rows, eval_rows = formats.split_train_eval(rows, cfg.data.eval_fraction, cfg.train.seed)
+        erep = None
+    eval_rows = eval_rows[:cfg.data.max_eval_rows] if cfg.data.max_eval_rows else eval_rows
+    return rows, eval_rows, rep, erep
+
+
 def prepare_data(cfg: RunConfig, tokenizer) -> Prepared:
     """Load, validate, split and tokenize the training (and eval) data for the run's method."""
     if cfg.method == "kto" and cfg.train.micro_batch_size < 2:
@@ -64,15 +80,7 @@ def prepare_data(cfg: RunConfig, tokenizer) -> Prepared:
     else:
         load, tok = formats.load_preferences, tokenize.tokenize_pairs
     system = system_prompt(cfg)
-    rows, rep = load(cfg.data.train, system=system, skip_invalid=cfg.data.skip_invalid)
-    if cfg.data.max_rows:
-        rows = rows[:cfg.data.max_rows]
-    if cfg.data.eval:
-        eval_rows, erep = load(cfg.data.eval, system=system, skip_invalid=cfg.data.skip_invalid)
-    else:
-        rows, eval_rows = formats.split_train_eval(rows, cfg.data.eval_fraction, cfg.train.seed)
-        erep = None
-    eval_rows = eval_rows[:cfg.data.max_eval_rows] if cfg.data.max_eval_rows else eval_rows
+    rows, eval_rows, rep, erep = load_split(cfg, load, system)
     kw = dict(max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length,
               skip_invalid=cfg.data.skip_invalid)
     train, ts = tok(tokenizer, rows, **kw)
