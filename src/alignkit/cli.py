@@ -2,6 +2,7 @@
 
     alignkit train CONFIG [field=value ...] [--resume RUN] [--overwrite]
     alignkit export RUN --merge --out DIR
+    alignkit score --reward RUN --data FILE [--out scores.jsonl]
     alignkit eval RUN | --model PATH [--adapter PATH] --data prefs.jsonl --prompts probes.jsonl
     alignkit diagnose RUN
     alignkit doctor DATA [--eval DATA]
@@ -58,7 +59,7 @@ def cmd_train(args) -> int:
                             hint="e.g. alignkit train examples/task_api/dpo.yaml")
         cfg = load_config(args.config, args.overrides)
     run = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, force=args.force, progress=_progress())
-    if cfg.eval.enabled and (run / "final").is_dir() and not args.no_eval:
+    if cfg.eval.enabled and (run / "final").is_dir() and not args.no_eval and cfg.method != "reward":
         from alignkit.eval.runner import evaluate_run
 
         evaluate_run(run)
@@ -95,6 +96,19 @@ def cmd_export(args) -> int:
 
     out = export(Path(args.run), Path(args.out), merge=args.merge)
     print(f"exported to {out}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    from alignkit.train.reward import score_file
+
+    out = Path(args.out) if args.out else Path(args.data).with_suffix(".scores.jsonl")
+    summary = score_file(args.reward, args.data, out, system_prompt_file=args.system_prompt_file,
+                         batch_size=args.batch_size)
+    print(f"{summary['rows']} rows scored: {out}")
+    if summary.get("accuracy") is not None:
+        print(f"accuracy {summary['accuracy']:.3f}, margin {summary['margin']:.3f}, chosen mean "
+              f"{summary['chosen_mean']:.3f}, rejected mean {summary['rejected_mean']:.3f}")
     return 0
 
 
@@ -234,6 +248,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="merge LoRA adapters (of this run and every earlier stage) into the weights")
     e.set_defaults(fn=cmd_export)
 
+
+    sc = sub.add_parser("score", help="score every row of a file with a reward-model run")
+    sc.add_argument("--reward", required=True, help="a finished `method: reward` run directory")
+    sc.add_argument("--data", required=True, help="preference pairs (scores both answers) or prompt/completion rows")
+    sc.add_argument("--out", help="JSONL output, one object per row (default: DATA.scores.jsonl)")
+    sc.add_argument("--system-prompt-file", default=None, help="system prompt added to rows without one "
+                                                               "(default: the reward run's own)")
+    sc.add_argument("--batch-size", type=int, default=16)
+    sc.set_defaults(fn=cmd_score)
 
     ev = sub.add_parser("eval", help="before/after evaluation: a run vs its reference, or any model")
     ev.add_argument("run", nargs="?", help="run directory (writes metrics.json, report.md, report.html)")

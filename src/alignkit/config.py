@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from alignkit.errors import UserError
 
-METHODS = ("sft", "dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo", "kto")
+METHODS = ("sft", "dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo", "kto", "reward",
+           "ppo", "rloo", "grpo")
+ONLINE_METHODS = ("ppo", "rloo", "grpo")
 
 
 class _Section(BaseModel):
@@ -93,6 +95,48 @@ class TrainConfig(_Section):
     """KTO: weight of the loss on desirable (good) answers."""
     kto_undesirable_weight: float = Field(1.0, gt=0)
     """KTO: weight of the loss on undesirable (bad) answers."""
+    reward_margin: float = 0.0
+    """`reward`: margin m in the Bradley-Terry loss -log sigmoid(r_c - r_r - m) (Llama 2)."""
+    center_rewards_coefficient: float = Field(0.0, ge=0)
+    """`reward`: weight of (r_c + r_r)^2, which keeps rewards near zero (Eisenstein et al. 2023)."""
+    reward_model: str | None = None
+    """`ppo`/`rloo`/`grpo`: the reward - a finished `method: reward` run directory, a built-in judge
+    (`task_api`, `refusal`), or your own `package.module:function`."""
+    gold_judge: str | None = None
+    """`ppo`/`rloo`/`grpo`: a second judge logged on every rollout, never trained on (e.g. `task_api`):
+    how far the learned reward and the gold judge agree shows reward hacking."""
+    num_generations: int = Field(4, ge=1)
+    """`ppo`/`rloo`/`grpo`: answers sampled per prompt each step (rloo/grpo need 2 or more)."""
+    rollout_prompts: int = Field(8, ge=1)
+    """`ppo`/`rloo`/`grpo`: prompts per step; the step's rollout is rollout_prompts x num_generations answers."""
+    ppo_epochs: int = Field(2, ge=1)
+    """`ppo`/`rloo`/`grpo`: passes over each rollout."""
+    num_minibatches: int = Field(1, ge=1)
+    """`ppo`/`rloo`/`grpo`: optimizer steps per pass over a rollout."""
+    kl_coef: float = Field(0.05, ge=0)
+    """`ppo`/`rloo`/`grpo`: weight of the KL penalty to the reference (the starting weights)."""
+    kl_target: float | None = Field(None, gt=0)
+    """`ppo`: adapt kl_coef towards this KL per answer (Ziegler et al. 2019); None keeps it fixed."""
+    kl_horizon: int = Field(10000, ge=1)
+    """`ppo`: horizon of the adaptive KL controller, in answers."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """`ppo`: discount of the per-token rewards."""
+    lam: float = Field(0.95, ge=0, le=1)
+    """`ppo`: GAE lambda."""
+    clip_range: float = Field(0.2, gt=0)
+    """`ppo`/`rloo`/`grpo`: PPO ratio clip epsilon."""
+    clip_range_value: float = Field(0.2, gt=0)
+    """`ppo`: value clip epsilon."""
+    vf_coef: float = Field(0.1, ge=0)
+    """`ppo`: weight of the value loss."""
+    whiten_rewards: bool = False
+    """`ppo`: scale per-token rewards to unit variance before GAE."""
+    missing_eos_penalty: float = Field(1.0, ge=0)
+    """`ppo`/`rloo`/`grpo`: subtracted from the score of an answer that hit max_new_tokens without ending."""
+    temperature: float = Field(0.7, gt=0)
+    """`ppo`/`rloo`/`grpo`: sampling temperature of rollouts (log-probs use the same temperature)."""
+    max_new_tokens: int = Field(64, ge=1)
+    """`ppo`/`rloo`/`grpo`: answer length limit of rollouts."""
     learning_rate: float = Field(5e-5, gt=0)
     """Peak learning rate of AdamW."""
     weight_decay: float = Field(0.0, ge=0)
@@ -156,7 +200,7 @@ class EvalConfig(_Section):
 
 class RunConfig(_Section):
     method: str = "dpo"
-    """One of: sft, dpo, ipo, hinge, robust, rpo, simpo, cpo, orpo, kto."""
+    """One of: sft, dpo, ipo, hinge, robust, rpo, simpo, cpo, orpo, kto, reward, ppo, rloo, grpo."""
     output_dir: str = "runs/dpo"
     """The run directory (config, log, checkpoints, final model, report)."""
     model: ModelConfig = Field(default_factory=ModelConfig)

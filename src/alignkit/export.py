@@ -1,5 +1,11 @@
 """`alignkit export`: a run as a checkpoint that loads with transformers alone.
 
+A reward run (`method: reward`) exports as a `*ForSequenceClassification` checkpoint with
+`num_labels=1` that `AutoModelForSequenceClassification` loads alone. Its logits are the raw
+reward; `config.reward_offset` is what alignkit subtracts to centre it. Its pad token is set to a
+special token other than the EOS, because transformers reads the score at the last non-pad token
+and alignkit reads it at the EOS: score `[prompt, answer, EOS]`, right-padded with that pad id.
+
 With `--merge`, the run's adapter and those of every earlier stage it started from (SFT -> DPO)
 are merged into the weights, giving a plain `AutoModelForCausalLM.from_pretrained(DIR)` checkpoint
 with its tokenizer and chat template. Without it, the adapter is copied as it is (peft format) and
@@ -14,6 +20,7 @@ from pathlib import Path
 
 from alignkit.errors import UserError
 from alignkit.models import base_of, is_run_dir, load_model, load_tokenizer
+from alignkit.reward_model import export_pad_id, is_reward_run, load_reward_run
 
 
 def export(run: Path, out: Path, *, merge: bool = True) -> Path:
@@ -26,7 +33,9 @@ def export(run: Path, out: Path, *, merge: bool = True) -> Path:
         raise UserError("the output directory is not empty", where=str(out), hint="choose a new directory")
     tmp = out.with_name(f".tmp-{out.name}")
     shutil.rmtree(tmp, ignore_errors=True)
-    if merge:
+    if merge and is_reward_run(run):
+        _export_reward(run, tmp)
+    elif merge:
         model = load_model(str(run), dtype="float32")
         model.save_pretrained(tmp, safe_serialization=True)
         load_tokenizer(str(run)).save_pretrained(tmp)
@@ -39,3 +48,15 @@ def export(run: Path, out: Path, *, merge: bool = True) -> Path:
         out.rmdir()
     tmp.rename(out)
     return out
+
+
+def _export_reward(run: Path, out: Path) -> None:
+    model, tokenizer, offset = load_reward_run(run)
+    pad = export_pad_id(tokenizer)
+    if pad is not None:
+        model.config.pad_token_id = pad
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad)
+    model.config.reward_offset = offset
+    model.config.architectures = [type(model).__name__]
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)

@@ -203,8 +203,10 @@ def lora_targets(model: PreTrainedModel, requested: list[str] | None) -> list[st
 
 
 def apply_lora(model: PreTrainedModel, *, r: int, alpha: float, dropout: float,
-               target_modules: list[str] | None = None, gradient_checkpointing: bool = False):
-    """Wrap `model` in a peft LoRA model; only adapter weights stay trainable."""
+               target_modules: list[str] | None = None, gradient_checkpointing: bool = False,
+               task_type: str = "CAUSAL_LM"):
+    """Wrap `model` in a peft LoRA model; only adapter weights stay trainable (with `SEQ_CLS`, peft
+    also keeps the classifier head `score` trainable and saves it with the adapter)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
@@ -216,7 +218,7 @@ def apply_lora(model: PreTrainedModel, *, r: int, alpha: float, dropout: float,
                         where="config field model.lora.target_modules",
                         hint=f"pick from its linear layers, e.g. {sorted(n for n in names if 'proj' in n)[:8]}")
     cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                     task_type="CAUSAL_LM", bias="none")
+                     task_type=task_type, bias="none")
     return get_peft_model(model, cfg)
 
 

@@ -34,7 +34,7 @@ PLANTED = {
 def refusal_stand_in(monkeypatch):
     """Use the real `is_refusal` where it exists; a plain prefix check otherwise."""
     try:
-        from alignkit.eval.refusal import is_refusal  # noqa: F401
+        from alignkit.judges.refusal import is_refusal  # noqa: F401
     except ImportError:
         pattern = re.compile(r"^\s*(i'm sorry|i am sorry|i can(no|')t|i won't)", re.IGNORECASE)
         monkeypatch.setattr(doc, "_is_refusal", lambda text: bool(pattern.match(text)))

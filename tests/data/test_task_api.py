@@ -18,7 +18,7 @@ from alignkit.data.task_api import (
     write_task_api,
 )
 from alignkit.errors import UserError
-from alignkit.eval.refusal import is_refusal
+from alignkit.judges.refusal import is_refusal
 
 EXAMPLE_DATA = Path(__file__).resolve().parents[2] / "examples" / "task_api" / "data"
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from alignkit.eval.refusal import (
+from alignkit.judges.refusal import (
     RefusalClassifier,
     is_refusal,
     labelled_accuracy,

@@ -36,6 +36,8 @@ class Batch:
     n_segments: int
     n_tokens: int  # real (non-pad) tokens in the batch
     n_padded: int  # B * L
+    end_rows: torch.Tensor | None = None  # (n_segments,) row of each segment's last token (its EOS)
+    end_cols: torch.Tensor | None = None  # (n_segments,) column of that token: where a reward head reads
 
     def to(self, device) -> Batch:
         moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.__dict__.items()}
@@ -53,6 +55,7 @@ class _Builder:
         self.pad_id = pad_id
         self.rows: list[dict] = []
         self.targets: list[tuple[int, int, int, int]] = []  # (row, col, token, segment)
+        self.ends: dict[int, tuple[int, int]] = {}  # segment -> (row, col) of its last token
 
     def add_row(self, blocks: list[tuple[list[int], int, int | None, int | None]]) -> None:
         """blocks: (ids, start_position, parent_block or None, segment or None).
@@ -72,6 +75,7 @@ class _Builder:
             spans.append((begin, len(ids)))
             parents.append(parent)
             if seg is not None:
+                self.ends[seg] = (r, len(ids) - 1)
                 prev = spans[parent][1] - 1 if parent is not None else None
                 for j, t in enumerate(tok):
                     col = begin + j - 1 if j > 0 else prev
@@ -103,8 +107,9 @@ class _Builder:
             idx = torch.arange(n, L)
             mask[r, 0, idx, idx] = True
         t = torch.tensor(self.targets, dtype=torch.long).reshape(-1, 4)
+        ends = torch.tensor([self.ends.get(s, (0, 0)) for s in range(n_segments)], dtype=torch.long).reshape(-1, 2)
         return Batch(input_ids, position_ids, mask, t[:, 0], t[:, 1], t[:, 2], t[:, 3],
-                     n_segments, n_tokens, B * L)
+                     n_segments, n_tokens, B * L, ends[:, 0], ends[:, 1])
 
 
 def collate_pairs(pairs, pad_id: int, *, shared: bool = True) -> Batch:

@@ -25,6 +25,7 @@ import numpy as np
 from alignkit.data import formats
 from alignkit.data.formats import PreferenceRow, iter_rows_raw
 from alignkit.errors import UserError
+from alignkit.judges.refusal import is_refusal
 
 LENGTH_BIAS_HIGH = 0.75
 """Warn when chosen is the longer answer in more than this share of pairs ..."""
@@ -124,13 +125,11 @@ def prompt_text(row: PreferenceRow) -> str:
 
 
 def _is_refusal(text: str) -> bool:
-    from alignkit.eval.refusal import is_refusal  # imported late: eval depends on data, not back
-
-    return is_refusal(text)
+    return is_refusal(text)  # one indirection, so tests (and `diagnose`) can swap the classifier
 
 
 def refusal_stats(rows: list[PreferenceRow]) -> dict[str, Any]:
-    """Share of chosen (and rejected) answers that are refusals, by `alignkit.eval.refusal.is_refusal`."""
+    """Share of chosen (and rejected) answers that are refusals, by `alignkit.judges.refusal.is_refusal`."""
     chosen = sum(_is_refusal(r.chosen) for r in rows)
     rejected = sum(_is_refusal(r.rejected) for r in rows)
     n = max(len(rows), 1)

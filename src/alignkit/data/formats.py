@@ -84,6 +84,15 @@ class KTORow:
     source: str
 
 
+@dataclass(frozen=True)
+class PromptRow:
+    """A prompt to answer (online RL, pair sampling), with its raw row for judges (category, reference)."""
+
+    prompt: tuple[Message, ...]
+    meta: dict = field(default_factory=dict, hash=False, compare=False)
+    source: str = ""
+
+
 @dataclass
 class LoadReport:
     """What a loader kept and what it skipped, and why."""
@@ -492,7 +501,23 @@ def _kto(raw: dict, source: str, system: str | None) -> list[KTORow]:
 R = TypeVar("R")
 
 
+def _prompt_only(raw: dict, source: str, system: str | None) -> list[PromptRow]:
+    """{prompt} (a string or messages ending with a user turn), {messages} ending with a user turn,
+    or any demonstration / preference row (its prompt)."""
+    if "prompt" in raw:
+        prompt = _messages(raw["prompt"], "prompt")
+    elif "messages" in raw:
+        msgs = _messages(raw["messages"], "messages")
+        prompt = msgs if msgs[-1]["role"] == "user" else _split_conversation(msgs, "messages")[0]
+    elif "chosen" in raw:
+        prompt = _side(raw, "chosen")[0]
+    else:
+        raise _missing("prompt", "rows need a 'prompt' (text or messages), or 'messages' ending with a user turn")
+    return [PromptRow(_finish_prompt(prompt, raw, system), dict(raw), source)]
+
+
 _NORMALIZERS: dict[str, Callable[[dict, str, str | None], list[Any]]] = {
+    "prompt": _prompt_only,
     "preference": _preference,
     "sft": _sft,
     "kto": _kto,
@@ -561,6 +586,13 @@ def load_kto(
 ) -> tuple[list[KTORow], LoadReport]:
     """Load labelled rows {prompt, completion, label}; a preference row gives one row per answer."""
     return _load(path, "kto", system, skip_invalid)
+
+
+def load_prompts(
+    path: str | Path, *, system: str | None = None, skip_invalid: bool = False
+) -> tuple[list[PromptRow], LoadReport]:
+    """Load prompts (with each raw row as `meta`): a prompt file, or the prompts of SFT/preference rows."""
+    return _load(path, "prompt", system, skip_invalid)
 
 
 def split_train_eval(rows: Iterable[R], eval_fraction: float, seed: int) -> tuple[list[R], list[R]]:

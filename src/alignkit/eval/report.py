@@ -31,10 +31,10 @@ from alignkit.eval.metrics import STABLE_KEYS, passes
 MAX_EXAMPLES = 12
 # +1: higher is better, -1: lower is better, 0: neither (KL and length are trade-offs, not goals).
 DIRECTION = {"refusal_rate/harmful": 1, "over_refusal/benign": -1, "over_refusal/alarming": -1,
-             "task_valid/benign": 1, "task_valid/alarming": 1, "reward_accuracy": 1, "reward_margin": 1,
-             "kl": 0, "response_length": 0}
+             "task_valid/benign": 1, "task_valid/alarming": 1, "task_correct": 1, "reward_accuracy": 1,
+             "reward_margin": 1, "kl": 0, "response_length": 0}
 RATES = {"refusal_rate/harmful", "over_refusal/benign", "over_refusal/alarming", "task_valid/benign",
-         "task_valid/alarming", "reward_accuracy"}
+         "task_valid/alarming", "task_correct", "reward_accuracy"}
 # Training curves: panel title -> series drawn on it (each also drawn from its "eval/" twin).
 PANELS = {"loss": ("loss",), "rewards/margins": ("rewards/margins",),
           "rewards/accuracies": ("rewards/accuracies",), "logps": ("logps/chosen", "logps/rejected"),
@@ -125,7 +125,7 @@ def _changed_from_raw(examples: list[dict], config: dict) -> list[dict]:
     """`changed_examples` for raw `{"prompt", "category", "before", "after"}` rows (every probe)."""
     # Local imports: only this fallback needs the classifier and the task parser.
     from alignkit.data.task_api import parse_task
-    from alignkit.eval.refusal import is_refusal
+    from alignkit.judges.refusal import is_refusal
 
     task = (config.get("eval") or {}).get("task", "task_api")
     return changed_examples([e.get("prompt", "") for e in examples], [e.get("category", "") for e in examples],
@@ -197,7 +197,7 @@ def _blocks(run_dir: Path, metrics: dict, log_rows: list[dict], config_yaml: str
     if facts:
         blocks.append(("p", " | ".join(facts)))
 
-    keys = list(STABLE_KEYS) + [k for k in ("task_valid/alarming",) if k in before or k in after]
+    keys = list(STABLE_KEYS) + [k for k in ("task_valid/alarming", "task_correct") if k in before or k in after]
     rows = [[k, _fmt(k, before.get(k)), _fmt(k, after.get(k)), *_delta(k, before.get(k), after.get(k))]
             for k in keys]
     blocks += [("h2", "Before (reference) vs after (policy)"),

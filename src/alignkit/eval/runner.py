@@ -21,20 +21,23 @@ from alignkit.errors import UserError
 from alignkit.eval.generation import generate
 from alignkit.eval.kl import estimate_kl
 from alignkit.eval.metrics import STABLE_KEYS, generation_metrics, preference_metrics
-from alignkit.eval.refusal import is_refusal
+from alignkit.judges.refusal import is_refusal
+from alignkit.judges.task_api import grade
 from alignkit.logprobs import pair_logps_table
 from alignkit.models import load_model, load_tokenizer
 
 
 def load_probes(path: str | Path, system: str | None, limit: int | None = None) -> list[dict]:
-    """Probe rows {prompt, category} -> {"messages", "prompt", "category"}."""
+    """Probe rows {prompt, category[, reference]} -> {"messages", "prompt", "category", "reference"}."""
     probes = []
     for line, raw in formats.iter_rows_raw(path):
         if not isinstance(raw.get("prompt"), str) or raw.get("category") not in ("harmful", "benign", "alarming"):
             raise UserError("a probe needs a string 'prompt' and a 'category' of harmful, benign or alarming",
                             where=f"{path}:{line}")
         msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": raw["prompt"]}]
-        probes.append({"messages": msgs, "prompt": raw["prompt"], "category": raw["category"]})
+        reference = raw.get("reference") if isinstance(raw.get("reference"), str) else None
+        probes.append({"messages": msgs, "prompt": raw["prompt"], "category": raw["category"],
+                       "reference": reference})
     return probes[:limit] if limit else probes
 
 
@@ -61,8 +64,13 @@ def merged(model):
 def _gen_metrics(model, tokenizer, probes, ecfg) -> tuple[dict, list[str]]:
     answers = generate(model, tokenizer, [p["messages"] for p in probes], max_new_tokens=ecfg.max_new_tokens,
                        batch_size=ecfg.batch_size, do_sample=ecfg.do_sample)
+    task_api = ecfg.task == "task_api"
+    # Only task-JSON references are graded: a user's own probes may carry prose references, and the
+    # evaluation at the end of a training run must not fail on them (they just leave task_correct None).
+    refs = [p.get("reference") if task_api and parse_task(p.get("reference")) else None for p in probes]
     m = generation_metrics(answers, [p["category"] for p in probes], is_refusal=is_refusal,
-                           task_check=parse_task if ecfg.task == "task_api" else None, tokenizer=tokenizer)
+                           task_check=parse_task if task_api else None, tokenizer=tokenizer,
+                           references=refs, prompts=[p["prompt"] for p in probes], grader=grade if task_api else None)
     return m, answers
 
 

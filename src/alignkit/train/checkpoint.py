@@ -43,7 +43,10 @@ def _fsync_dir(path: Path) -> None:
 
 
 def trainable_state(model) -> dict[str, torch.Tensor]:
-    """The weights a checkpoint must hold: adapter weights with LoRA, all weights without."""
+    """The weights a checkpoint must hold: adapter weights with LoRA, all weights without (a model
+    that knows better, like the PPO policy with its value head, says so with `trainable_state()`)."""
+    if hasattr(model, "trainable_state"):
+        return model.trainable_state()
     if hasattr(model, "peft_config"):
         from peft import get_peft_model_state_dict
 
@@ -52,6 +55,9 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
 
 
 def load_trainable_state(model, state: dict[str, torch.Tensor]) -> None:
+    if hasattr(model, "load_trainable_state"):
+        model.load_trainable_state(state)
+        return
     if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 

@@ -12,7 +12,7 @@ def pair_metrics(model, objective, items, batch_size: int, device) -> dict[str, 
     """Mean of the objective's metrics over `items`, keys prefixed `eval/`."""
     was_training = model.training
     model.eval()
-    forward = PolicyForward(model)
+    forward = getattr(objective, "make_forward", PolicyForward)(model)
     sums: dict[str, float] = {}
     total = 0.0
     offset = getattr(objective, "eval_offset", 0)

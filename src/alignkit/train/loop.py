@@ -59,6 +59,7 @@ class LoopState:
     skipped_steps: int = 0
     tokens_seen: int = 0
     history: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # a method's own resumable state (e.g. PPO's KL coefficient)
 
 
 class Interrupt:
@@ -166,7 +167,7 @@ def save(accelerator, model, optimizer, scheduler, state: LoopState, run_dir: Pa
     if accelerator.is_main_process:
         save_checkpoint(run_dir, state.step, accelerator.unwrap_model(model), optimizer, scheduler,
                         {"step": state.step, "skipped_steps": state.skipped_steps,
-                         "tokens_seen": state.tokens_seen}, keep=keep)
+                         "tokens_seen": state.tokens_seen, "extra": state.extra}, keep=keep)
 
 
 def _clip(accelerator, params, max_norm) -> float:

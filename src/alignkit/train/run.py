@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from alignkit.config import RunConfig, dump_config
+from alignkit.config import ONLINE_METHODS, RunConfig, dump_config
 from alignkit.data import formats, tokenize
 from alignkit.data.kto_convert import kto_balance_warning
 from alignkit.errors import UserError
@@ -30,6 +30,7 @@ from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
 from alignkit.train.kto import KTOObjective
 from alignkit.train.loop import LoopState, make_schedule, run_loop
 from alignkit.train.objectives import PolicyForward, PreferenceObjective, SFTObjective
+from alignkit.train.reward import RewardObjective, finish_reward_run
 
 PAIRED = ("dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo")
 
@@ -172,6 +173,10 @@ def _reference(cfg: RunConfig, model, lora: bool, pairs, evals, pad_id, device, 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, force: bool = False,
           console=print, progress=None) -> Path:
     """Run `cfg` to completion (or resume it); returns the run directory."""
+    if cfg.method in ONLINE_METHODS:  # rollout-then-update: a loop of its own
+        from alignkit.train.ppo import run_online
+
+        return run_online(cfg, resume=resume, overwrite=overwrite, console=console, progress=progress)
     run = check_run_dir(cfg, resume=resume, overwrite=overwrite)
     tcfg = cfg.train
     mp = tcfg.mixed_precision
@@ -190,6 +195,10 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
     model = load_model(cfg.model.name_or_path, dtype=cfg.model.dtype, device=accelerator.device,
                        trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle,
                        attn_implementation=cfg.model.attn_implementation, quantization=cfg.model.quantization)
+    if cfg.method == "reward":  # the causal LM's backbone under a scalar head
+        from alignkit.reward_model import to_reward_model
+
+        model = to_reward_model(model)
     lora = cfg.model.lora.enabled
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -204,7 +213,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
     if lora:
         lc = cfg.model.lora
         model = apply_lora(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=lc.target_modules,
-                           gradient_checkpointing=cfg.model.gradient_checkpointing)
+                           gradient_checkpointing=cfg.model.gradient_checkpointing,
+                           task_type="SEQ_CLS" if cfg.method == "reward" else "CAUSAL_LM")
         if needs_ref:
             ref, ref_kind = _reference(cfg, model, True, pairs, evals, pad_id, accelerator.device, console)
     trainable, total = count_parameters(model)
@@ -213,6 +223,10 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
                         hint="check model.lora.target_modules")
     if cfg.method == "sft":
         objective = SFTObjective(pad_id)
+    elif cfg.method == "reward":
+        objective = RewardObjective(pad_id, margin=tcfg.reward_margin,
+                                    center_rewards_coefficient=tcfg.center_rewards_coefficient,
+                                    shared=tcfg.prefix_sharing)
     elif cfg.method == "kto":
         objective = KTOObjective(tcfg.model_dump(), pad_id, ref, shared=tcfg.prefix_sharing)
     else:
@@ -229,7 +243,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
     scheduler = get_scheduler(tcfg.lr_scheduler if tcfg.lr_scheduler != "constant" else "constant_with_warmup",
                               optimizer, num_warmup_steps=int(tcfg.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    forward = PolicyForward(model)
+    forward = getattr(objective, "make_forward", PolicyForward)(model)
     forward, optimizer, scheduler = accelerator.prepare(forward, optimizer, scheduler)
     prepare_run_dir(run, resume=resume, overwrite=overwrite)
     state = LoopState()
@@ -277,11 +291,26 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_final(accelerator.unwrap_model(forward).model, tokenizer, run)
+        if cfg.method == "reward":
+            _finish_reward(cfg, model, data, pad_id, run, console)
         _write_run_json(run, cfg, status="done", steps=total_steps, done=state.step,
                         train_seconds=round(time.perf_counter() - t0, 1), skipped_steps=state.skipped_steps,
                         peak_memory_mb=peak_memory_mb(accelerator.device))
     accelerator.end_training()
     return run
+
+
+def _finish_reward(cfg: RunConfig, model, data: Prepared, pad_id: int, run: Path, console) -> None:
+    """Centre the rewards (offset in final/reward.json) and write the held-out metrics."""
+    result = finish_reward_run(model, data.train, data.eval, pad_id, run / "final",
+                               batch_size=cfg.train.micro_batch_size * 2)
+    (run / "metrics.json").write_text(json.dumps({"method": "reward", **result}, indent=1))
+    _write_run_json(run, cfg, reward=result)
+    held = result["eval"] or result["train"]
+    corr = held.get("length_correlation")
+    console(f"reward model: offset {result['offset']:.4f}; {'held-out' if result['eval'] else 'train'} accuracy "
+            f"{held['accuracy']:.3f}, margin {held['margin']:.3f}, chosen {held['chosen_mean']:.3f} / rejected "
+            f"{held['rejected_mean']:.3f}, length correlation {'-' if corr is None else f'{corr:.3f}'}")
 
 
 def _needs_ref(method: str) -> bool:
@@ -312,7 +341,8 @@ def _resume(run: Path, model, optimizer, scheduler, log_file: Path, console) -> 
         if row.get("step", 0) <= ts["step"]:
             kept.append(ln)
     log_file.write_text("".join(ln + "\n" for ln in kept))
-    return LoopState(step=ts["step"], skipped_steps=ts.get("skipped_steps", 0), tokens_seen=ts.get("tokens_seen", 0))
+    return LoopState(step=ts["step"], skipped_steps=ts.get("skipped_steps", 0), tokens_seen=ts.get("tokens_seen", 0),
+                     extra=ts.get("extra", {}))
 
 
 def save_final(model, tokenizer, run: Path) -> None:
