@@ -10,6 +10,8 @@
     alignkit plan CONFIG --gpu t4 | --model ... --method ...
     alignkit recommend --data DATA --model MODEL --gpu t4
     alignkit data task-api --out DIR
+    alignkit data sample-pairs PROMPTS --model RUN --judge task_api --out pairs.jsonl
+    alignkit compare --sft RUN --reward RUN --out DIR --quick
 
 User mistakes (alignkit.errors.UserError) print as one message without a traceback, exit code 2.
 """
@@ -123,6 +125,19 @@ def cmd_data(args) -> int:
         print(f"{c['pairs']} pairs -> {c['desirable']} desirable + {c['undesirable']} undesirable rows: {args.out}"
               + (f" ({c['skipped']} invalid rows skipped)" if c["skipped"] else ""))
         return 0
+    if args.dataset == "sample-pairs":
+        from alignkit.data.sample_pairs import sample_pairs_file
+
+        if not (args.input and args.model):
+            raise UserError("alignkit data sample-pairs needs a prompts file and --model",
+                            hint="alignkit data sample-pairs prompts.jsonl --model runs/sft --out pairs.jsonl")
+        sample_pairs_file(args.input, model=args.model, out=args.out, judge=args.judge, k=args.k,
+                          temperature=args.temperature, max_new_tokens=args.max_new_tokens,
+                          batch_size=args.batch_size, seed=args.seed, chosen=args.chosen,
+                          min_margin=args.min_margin, keep_ties=not args.skip_ties,
+                          system_prompt_file=args.system_prompt_file, stats_path=args.stats,
+                          max_prompts=args.max_prompts, overwrite=args.overwrite, skip_invalid=args.skip_invalid)
+        return 0
     from alignkit.data.task_api import write_task_api
 
     paths = write_task_api(Path(args.out), n_train=args.n_train, n_eval=args.n_eval, seed=args.seed)
@@ -227,6 +242,38 @@ def cmd_recommend(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import shlex
+
+    from alignkit.compare import METHODS, run_compare
+    from alignkit.eval.compare_report import format_table
+
+    methods = [m.strip() for m in (args.methods or ",".join(METHODS)).split(",") if m.strip()]
+    if not methods:
+        raise UserError("no methods given", where="--methods", hint=f"e.g. --methods {','.join(METHODS)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UserError(f"seeds must be integers, got {args.seeds!r}", where="--seeds", hint="e.g. --seeds 0,1,2") from None
+    if not seeds:
+        raise UserError("no seeds given", where="--seeds", hint="e.g. --seeds 0,1,2")
+    if args.max_probes is not None and args.max_probes < 1:
+        raise UserError("--max-probes must be at least 1", where="--max-probes")
+    cmd = ["alignkit", "compare", "--sft", args.sft, *(["--reward", args.reward] if args.reward else []),
+           "--out", args.out, "--methods", ",".join(methods), "--seeds", ",".join(map(str, seeds)),
+           *(["--quick"] if args.quick else []), *(["--no-grid"] if args.no_grid else []),
+           *(["--probes", args.probes] if args.probes else []),
+           *(["--max-probes", str(args.max_probes)] if args.max_probes is not None else []),
+           *(["--overwrite"] if args.overwrite else [])]
+    result = run_compare(sft=args.sft, reward=args.reward, out=args.out, methods=methods, seeds=seeds,
+                         grid=not args.no_grid, quick=args.quick, probes=args.probes, max_probes=args.max_probes,
+                         overwrite=args.overwrite, command=shlex.join(cmd),
+                         console=lambda s: print(s, file=sys.stderr, flush=True))
+    print(format_table(result))
+    print(f"\nwrote {Path(args.out) / 'compare.json'}, report.md, report.html")
+    return 0 if all(r["status"] == "done" for r in result["runs"]) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="alignkit", description="Align a fine-tuned LM with preference data.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -315,16 +362,54 @@ def build_parser() -> argparse.ArgumentParser:
     rc.add_argument("--output-dir", default=None)
     rc.set_defaults(fn=cmd_recommend)
 
-    d = sub.add_parser("data", help="generate example data, or convert paired data to KTO rows")
-    d.add_argument("dataset", choices=["task-api", "to-kto"],
-                   help="task-api: write the example data to --out; to-kto: convert INPUT to unpaired KTO rows")
-    d.add_argument("input", nargs="?", help="to-kto: the paired preference file (.jsonl/.json/.csv/.parquet)")
+    d = sub.add_parser("data", help="generate example data, convert paired data to KTO rows, or sample "
+                                    "on-policy pairs")
+    d.add_argument("dataset", choices=["task-api", "to-kto", "sample-pairs"],
+                   help="task-api: write the example data to --out; to-kto: convert INPUT to unpaired KTO rows; "
+                        "sample-pairs: sample --k answers per prompt of INPUT from --model, judge them, and write "
+                        "pairs whose rejected answer is the model's own")
+    d.add_argument("input", nargs="?", help="to-kto: the paired preference file (.jsonl/.json/.csv/.parquet); "
+                                            "sample-pairs: prompts (a prompt file or preference rows)")
     d.add_argument("--out", required=True)
-    d.add_argument("--skip-invalid", action="store_true", help="to-kto: skip and count invalid rows")
+    d.add_argument("--skip-invalid", action="store_true", help="to-kto, sample-pairs: skip and count invalid rows")
     d.add_argument("--n-train", type=int, default=1500)
     d.add_argument("--n-eval", type=int, default=200)
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--model", help="sample-pairs: the policy: `default`, a checkpoint dir or a run directory")
+    d.add_argument("--judge", default="task_api",
+                   help="sample-pairs: task_api, refusal, package.module:function or a reward-model run")
+    d.add_argument("--k", type=int, default=4, help="sample-pairs: answers sampled per prompt")
+    d.add_argument("--temperature", type=float, default=1.0)
+    d.add_argument("--max-new-tokens", type=int, default=64)
+    d.add_argument("--batch-size", type=int, default=32, help="sample-pairs: rows per forward pass")
+    d.add_argument("--chosen", default="best_or_reference", choices=["best", "reference", "best_or_reference"],
+                   help="sample-pairs: the chosen side: the model's best answer, the row's reference answer, or "
+                        "its best when that beats its worst, else the reference")
+    d.add_argument("--min-margin", type=float, default=0.0,
+                   help="sample-pairs: chosen must score more than this above rejected")
+    d.add_argument("--skip-ties", action="store_true",
+                   help="sample-pairs: skip prompts whose answers all scored equal (by default they are paired "
+                        "with the reference answer when it scores higher)")
+    d.add_argument("--system-prompt-file", default=None, help="sample-pairs: system prompt added to every prompt "
+                                                              "(not written to the pairs)")
+    d.add_argument("--stats", help="sample-pairs: also write the stats as JSON here")
+    d.add_argument("--max-prompts", type=int, default=None, help="sample-pairs: only the first N prompts")
+    d.add_argument("--overwrite", action="store_true", help="sample-pairs: replace an existing --out/--stats")
     d.set_defaults(fn=cmd_data)
+
+    cp = sub.add_parser("compare", help="train every method from one SFT run under one budget, over seeds, and "
+                                        "write the measured comparison table (Task API)")
+    cp.add_argument("--sft", required=True, help="a finished SFT run: every method starts from it (orpo: its base)")
+    cp.add_argument("--reward", help="a finished `method: reward` run (needed for ppo, grpo, rloo)")
+    cp.add_argument("--out", required=True, help="output directory (must be empty unless --overwrite)")
+    cp.add_argument("--quick", action="store_true", help="a small budget that fits a 2-core CPU (a few steps)")
+    cp.add_argument("--methods", default=None, help="comma-separated (default: ppo,grpo,dpo,ipo,rpo,simpo,kto,orpo)")
+    cp.add_argument("--seeds", default="0,1,2", help="comma-separated training seeds")
+    cp.add_argument("--no-grid", action="store_true", help="skip the sensitivity grid (dpo beta, ppo kl_coef)")
+    cp.add_argument("--probes", default=None, help="probe file (default: examples/task_api/data/probes.jsonl)")
+    cp.add_argument("--max-probes", type=int, default=None, help="first N probes (default: 30 with --quick, else all)")
+    cp.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    cp.set_defaults(fn=cmd_compare)
     return p
 
 

@@ -234,3 +234,24 @@ def test_sft_data_refusal_share_uses_completions(tmp_path, monkeypatch):
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     stats = dg._data_stats({"data": {"train": str(tmp_path / "train.jsonl")}}, tmp_path)
     assert stats["chosen_refusal_share"] == 0.75 and stats["rows"] == 4
+
+
+def _online(score, gold, eos=1.0, kl=1.0):
+    return [{"step": i + 1, "score": s, "gold_score": g, "eos_rate": eos, "kl": kl, "policy_loss": 0.0}
+            for i, (s, g) in enumerate(zip(score, gold, strict=True))]
+
+
+def test_online_rl_reward_hacking_is_named_with_both_trends():
+    rows = _online([0.1, 0.2, 0.5, 0.9], [0.6, 0.5, 0.4, 0.3])
+    names = {f.name: f for f in diagnose_from(rows, None, {"method": "ppo"})}
+    assert "reward_hacking" in names
+    assert names["reward_hacking"].numbers["score_change"] == pytest.approx(0.8)
+    assert names["reward_hacking"].numbers["gold_change"] == pytest.approx(-0.3)
+    assert "no_log" not in names  # online rows count as a training log
+    healthy = {f.name for f in diagnose_from(_online([0.1, 0.2, 0.5, 0.9], [0.3, 0.4, 0.5, 0.6]), None, {})}
+    assert not healthy & {"reward_hacking", "no_eos", "kl_blowup"}
+
+
+def test_online_rl_answers_that_stop_ending_and_kl_blowup():
+    names = {f.name for f in diagnose_from(_online([0.1] * 4, [0.1] * 4, eos=0.2, kl=35.0), None, {})}
+    assert {"no_eos", "kl_blowup"} <= names

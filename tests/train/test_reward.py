@@ -111,6 +111,15 @@ def test_reward_run_learns_a_planted_preference_and_exports(tmp_path, tiny_ckpt)
 
     model, tok, offset = load_reward_run(run)
     assert offset == pytest.approx(metrics["offset"])
+    # `alignkit score` writes one row per pair with both scores, and agrees with the run's metrics
+    from alignkit.cli import main
+
+    scores_out = tmp_path / "scores.jsonl"
+    assert main(["score", "--reward", str(run), "--data", str(ev), "--out", str(scores_out)]) == 0
+    rows = [json.loads(x) for x in scores_out.read_text().splitlines()]
+    assert len(rows) == 24 and rows[0]["source"].endswith("eval.jsonl:1")
+    acc = sum(r["chosen_score"] > r["rejected_score"] for r in rows) / len(rows)
+    assert acc == pytest.approx(metrics["eval"]["accuracy"])
     out = export(run, tmp_path / "exported")
     hf = AutoModelForSequenceClassification.from_pretrained(out).eval()
     hf_tok = AutoTokenizer.from_pretrained(out)

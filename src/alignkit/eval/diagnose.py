@@ -91,6 +91,7 @@ class _Run:
     config: dict
     data_stats: dict | None
     run_info: dict
+    online: list[dict] = field(default_factory=list)  # PPO/RLOO/GRPO step rows (score, kl, eos_rate...)
 
     def cfg(self, section: str, key: str, default: Any = None) -> Any:
         value = (self.config.get(section) or {}).get(key, default)
@@ -332,9 +333,48 @@ def check_kl_blowup(run: _Run) -> list[Finding]:
                      "try ipo, which bounds the margin"], numbers)]
 
 
+ONLINE_KL_MAX = 20.0
+"""Online RL: mean KL per answer (nats) above this on the last quarter of steps is a blow-up."""
+EOS_RATE_MIN = 0.5
+"""Online RL: fewer rollouts than this ending with an EOS on the last quarter: answers stopped ending."""
+
+
+def check_online_rl(run: _Run) -> list[Finding]:
+    """PPO / RLOO / GRPO logs: reward hacking (the reward rises while the gold judge falls), answers that
+    stop ending, and KL blow-up."""
+    rows = run.online
+    if len(rows) < 2:
+        return []
+    out = []
+    score, gold = _series(rows, "score"), _series(rows, "gold_score")
+    if len(score) >= 2 and len(gold) >= 2:
+        ds = _mean(_quarter(score)) - _mean(_quarter(score, last=False))
+        dg = _mean(_quarter(gold)) - _mean(_quarter(gold, last=False))
+        if ds > 0 and dg < -0.05:
+            out.append(Finding("reward_hacking", "warning",
+                               f"the reward rose by {_g(ds)} while the gold judge fell by {_g(-dg)} "
+                               "(first vs last quarter of steps)",
+                               ["raise train.kl_coef or set train.kl_target", "train fewer steps",
+                                "retrain the reward model on pairs of the policy's own answers "
+                                "(alignkit data sample-pairs)"], {"score_change": ds, "gold_change": dg}))
+    eos = _series(rows, "eos_rate")
+    if eos and _mean(_quarter(eos)) < EOS_RATE_MIN:
+        out.append(Finding("no_eos", "warning", f"only {_pct(_mean(_quarter(eos)))} of the last rollouts ended "
+                           f"with an EOS (< {_pct(EOS_RATE_MIN)})",
+                           ["raise train.missing_eos_penalty", "raise train.max_new_tokens",
+                            "lower the learning rate"], {"eos_rate_last_quarter": _mean(_quarter(eos))}))
+    kl = _series(rows, "kl")
+    if kl and _mean(_quarter(kl)) > ONLINE_KL_MAX:
+        out.append(Finding("kl_blowup", "warning", f"KL to the reference {_g(_mean(_quarter(kl)))} nats per "
+                           f"answer on the last quarter of steps (> {ONLINE_KL_MAX:g})",
+                           ["raise train.kl_coef or set train.kl_target", "lower the learning rate"],
+                           {"kl_last_quarter": _mean(_quarter(kl))}))
+    return out
+
+
 CHECKS: tuple[Callable[[_Run], list[Finding]], ...] = (
     check_over_refusal, check_under_refusal, check_task_regression, check_no_learning,
-    check_overfitting, check_likelihood_displacement, check_verbosity, check_kl_blowup,
+    check_overfitting, check_likelihood_displacement, check_verbosity, check_kl_blowup, check_online_rl,
 )
 
 
@@ -352,12 +392,13 @@ def diagnose_from(log_rows: list[dict], metrics: dict | None, config: dict | Non
     run = _Run(train=[r for r in log_rows if "loss" in r],
                evals=[r for r in log_rows if any(k.startswith("eval/") for k in r)],
                before=(metrics or {}).get("before") or {}, after=(metrics or {}).get("after") or {},
-               config=config or {}, data_stats=data_stats, run_info=run_info or {})
+               config=config or {}, data_stats=data_stats, run_info=run_info or {},
+               online=[r for r in log_rows if "score" in r and "policy_loss" in r])
     findings = [f for check in CHECKS for f in check(run)]
     if metrics is None:
         findings.append(Finding("no_metrics", "info", "no metrics.json yet: diagnosed from the training log "
                                 "only (refusal, task, length and KL checks skipped)", ["run `alignkit eval`"]))
-    if not run.train:
+    if not run.train and not run.online:
         findings.append(Finding("no_log", "info", "no training steps logged: training-curve checks skipped"))
     status = run.run_info.get("status")
     if status not in (None, "finished", "completed", "done"):

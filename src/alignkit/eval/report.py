@@ -31,7 +31,7 @@ from alignkit.eval.metrics import STABLE_KEYS, passes
 MAX_EXAMPLES = 12
 # +1: higher is better, -1: lower is better, 0: neither (KL and length are trade-offs, not goals).
 DIRECTION = {"refusal_rate/harmful": 1, "over_refusal/benign": -1, "over_refusal/alarming": -1,
-             "task_valid/benign": 1, "task_valid/alarming": 1, "task_correct": 1, "reward_accuracy": 1,
+             "task_valid/benign": 1, "task_valid/alarming": 1, "task_correct": 1, "gold_score": 1, "reward_accuracy": 1,
              "reward_margin": 1, "kl": 0, "response_length": 0}
 RATES = {"refusal_rate/harmful", "over_refusal/benign", "over_refusal/alarming", "task_valid/benign",
          "task_valid/alarming", "task_correct", "reward_accuracy"}
@@ -197,7 +197,7 @@ def _blocks(run_dir: Path, metrics: dict, log_rows: list[dict], config_yaml: str
     if facts:
         blocks.append(("p", " | ".join(facts)))
 
-    keys = list(STABLE_KEYS) + [k for k in ("task_valid/alarming", "task_correct") if k in before or k in after]
+    keys = list(STABLE_KEYS) + [k for k in ("task_valid/alarming", "task_correct", "gold_score") if k in before or k in after]
     rows = [[k, _fmt(k, before.get(k)), _fmt(k, after.get(k)), *_delta(k, before.get(k), after.get(k))]
             for k in keys]
     blocks += [("h2", "Before (reference) vs after (policy)"),

@@ -23,7 +23,7 @@ import yaml
 from alignkit.errors import UserError
 from alignkit.plan.architectures import Arch, load_arch
 from alignkit.plan.hardware import Hardware, get_hardware
-from alignkit.plan.memory import _PAIRED, PlanInput, estimate, gib
+from alignkit.plan.memory import _PAIRED, ONLINE, PlanInput, estimate, gib
 
 # (name, why it is ranked here). Least disruptive first.
 FIX_ORDER = (
@@ -73,11 +73,13 @@ def _largest_fitting(inp: PlanInput, hw: Hardware, candidates: list[PlanInput]) 
 
 def _candidate(name: str, inp: PlanInput, hw: Hardware) -> PlanInput | None:
     """`inp` with the fix `name` applied, or None where it does not apply."""
-    if name == "completion_only_logits" and not inp.completion_only_logits and inp.method != "reward":
+    # The online methods' head already runs on completion positions only, and their loop never
+    # checkpoints (see memory.estimate): neither switch changes their plan.
+    if name == "completion_only_logits" and not inp.completion_only_logits and inp.method not in ("reward", *ONLINE):
         return replace(inp, completion_only_logits=True)
     if name == "prefix_sharing" and not inp.prefix_sharing and inp.method in _PAIRED:
         return replace(inp, prefix_sharing=True)
-    if name == "grad_ckpt" and not inp.grad_ckpt:
+    if name == "grad_ckpt" and not inp.grad_ckpt and inp.method not in ONLINE:
         return replace(inp, grad_ckpt=True)
     if name == "cpu_allocator" and hw.kind == "cpu" and inp.cpu_allocator == "glibc":
         return replace(inp, cpu_allocator="mmap")
@@ -310,7 +312,8 @@ def _choose_method(stats: DataStats, sft_model: bool | None, online_feedback: bo
     if sft_model is None:
         reasons.append("assumed the model is already instruction-tuned (pass sft_model=False for a base model: ORPO)")
     if online_feedback and ppo_fits:
-        return "ppo", ["online feedback asked for, and PPO (policy, reference, reward and value models) fits: "
+        return "ppo", ["online feedback asked for, and PPO (LoRA policy with a value head, reference = adapter off, "
+                       "rollout KV cache, a reward model) fits: "
                        f"{gib(ppo_total)} of {gib(hw.memory)}"]
     if online_feedback:
         reasons.append(f"online feedback asked for, but PPO does not fit here ({gib(ppo_total)} > {gib(hw.memory)})")

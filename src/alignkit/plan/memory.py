@@ -7,7 +7,11 @@ coexist, so the predicted peak is ``persistent + max(train, nograd, generate)``:
 
 - ``train``: the forward + backward with gradients (saved activations and the logits' backward);
 - ``nograd``: a forward without gradients (reference log-probs, the KTO KL batch, PPO scoring);
-- ``generate``: PPO rollouts (the KV cache).
+- ``generate``: online rollouts (PPO, RLOO, GRPO: the KV cache of every rollout at once).
+
+The online methods are planned as `alignkit.train.ppo` builds them: one LoRA policy, its reference
+the same weights with the adapter switched off, (PPO) a linear value head on the policy, a frozen
+reward model only when ``train.reward_model`` is a reward run, all rollouts decoded in one batch.
 
 Constants that depend on the runtime (CUDA context, CPU baseline, the logits' bytes per element) live
 in `Calibration`, so that bench/planner_accuracy.py can fit them against measured peaks.
@@ -17,14 +21,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 from alignkit.errors import UserError
 from alignkit.plan.architectures import Arch, activation_bytes, load_arch, lora_params, weight_bytes
 from alignkit.plan.hardware import GiB, Hardware, get_hardware
 
-METHODS = ("sft", "dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo", "kto", "reward", "ppo")
+METHODS = ("sft", "dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo", "kto", "reward", "ppo", "rloo",
+           "grpo")
+ONLINE = ("ppo", "rloo", "grpo")
 _PAIRED = {"dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo", "reward"}
-_NEEDS_REF = {"dpo", "ipo", "hinge", "robust", "rpo", "kto", "ppo"}
+_NEEDS_REF = {"dpo", "ipo", "hinge", "robust", "rpo", "kto", *ONLINE}
+_JUDGE_BATCH = 16  # alignkit.judges.reward_model.RewardModelJudge's batch_size
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
@@ -46,8 +54,13 @@ class Calibration:
             summed out of place (the hidden states require grad, as in training) = 16. Measured by
             bench/planner_accuracy.py's probe (torch 2.13 CPU: 16.0). This is autograd's order of
             work, not the allocator's, so the same constant is used on a GPU. (Was 12.)
+            The online methods' forward (alignkit.train.ppo.token_outputs) also computes the entropy
+            (exp of the log-softmax, kept in the graph but not in the loss): still 16, measured the
+            same way (n 256, vocab 49152, torch 2.13 CPU).
         logit_bytes_nograd: same without gradients: the fp32 copy and the log-softmax output (8), plus
             the model's half-precision logits when the model runs in fp16/bf16 (added in the code).
+            The online methods' scoring forward adds the entropy's exp(): one more fp32 N x V
+            (measured 12, added in the code).
         logit_chunk_tokens: positions per chunk of the chunked (recomputed) log-softmax used with
             ``completion_only_logits``; must match alignkit.logprobs.
         cpu_heap_retention: on CPU with glibc's default malloc, the activations freed after the
@@ -91,6 +104,13 @@ class PlanInput:
     ``cpu_allocator`` (CPU only): ``"glibc"``, the C library's default malloc, which keeps freed
     activations in the heap; ``"mmap"``, the run started with ``MALLOC_MMAP_THRESHOLD_=1048576``
     so that freed blocks go back to the OS (lower peak RSS, slower steps).
+
+    Online methods (ppo, rloo, grpo): ``seq_len`` is prompt + ``max_new_tokens`` (``prompt_len`` the
+    prompt), ``micro_batch`` the update's micro-batch; each step decodes ``rollout_prompts x
+    num_generations`` rollouts in one batch. ``reward_model``: ``"model"``, a reward run (a frozen copy
+    of the base with a scalar head), or ``"judge"``, a programmatic judge (``task_api``,
+    ``package.module:function``) that holds no weights. `prefix_sharing` and `completion_only_logits`
+    do not apply: the LM head runs on the completion positions only, without chunking.
     """
 
     arch: Arch
@@ -112,6 +132,9 @@ class PlanInput:
     completion_only_logits: bool = True
     cpu_allocator: str = "glibc"
     device: str = "gpu"
+    rollout_prompts: int = 8
+    num_generations: int = 4
+    reward_model: str = "model"
 
     def __post_init__(self):
         def bad(name, value, allowed):
@@ -120,7 +143,7 @@ class PlanInput:
 
         checks = {"method": METHODS, "quant": ("none", "8bit", "4bit"), "optimizer": ("adamw", "adamw8bit"),
                   "reference": ("auto", "adapter", "copy", "precomputed", "none"), "device": ("gpu", "cpu"),
-                  "cpu_allocator": ("glibc", "mmap")}
+                  "cpu_allocator": ("glibc", "mmap"), "reward_model": ("model", "judge")}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 bad(name, getattr(self, name), allowed)
@@ -128,6 +151,8 @@ class PlanInput:
             bad("dtype", self.dtype, tuple(DTYPE_BYTES))
         if self.micro_batch < 1 or self.seq_len < 2 or self.lora_r < 0 or self.grad_accum < 1:
             raise UserError("micro_batch, grad_accum must be >= 1, seq_len >= 2, lora_r >= 0", where="plan input")
+        if self.rollout_prompts < 1 or self.num_generations < 1:
+            raise UserError("rollout_prompts and num_generations must be >= 1", where="plan input")
         if self.prompt_len is None:
             self.prompt_len = self.seq_len // 2
         if not 0 <= self.prompt_len < self.seq_len:
@@ -202,6 +227,14 @@ def resolve(inp: PlanInput, hw: Hardware) -> PlanInput:
         raise UserError("4-bit/8-bit weights need a CUDA GPU (bitsandbytes)", where="plan input quant",
                         hint="plan with quant='none' on CPU")
     ref = inp.reference
+    if inp.method in ONLINE:  # alignkit.train.ppo: LoRA only, reference = the adapter switched off
+        if inp.lora_r == 0:
+            raise UserError(f"{inp.method} needs LoRA: its reference is the policy with the adapter switched off",
+                            where="plan input lora_r", hint="plan with lora_r > 0")
+        if ref not in ("auto", "adapter"):
+            raise UserError(f"{inp.method} samples its completions online and takes its reference from the policy "
+                            f"with the LoRA adapter switched off; reference {ref!r} is not built",
+                            where="plan input reference", hint="use 'adapter' (or 'auto')")
     if inp.method not in _NEEDS_REF:
         ref = "none"
     elif ref == "auto":
@@ -212,15 +245,14 @@ def resolve(inp: PlanInput, hw: Hardware) -> PlanInput:
     if ref == "adapter" and inp.lora_r == 0:
         raise UserError("the adapter-disabled reference needs LoRA", where="plan input reference",
                         hint="use reference 'copy' or 'precomputed' with full fine-tuning")
-    if ref == "precomputed" and inp.method == "ppo":
-        raise UserError("PPO samples its completions online, so reference log-probs cannot be precomputed",
-                        where="plan input reference", hint="use 'adapter' (LoRA) or 'copy'")
     return replace(inp, dtype=dtype, reference=ref, device=hw.kind)
 
 
 def _tokens(inp: PlanInput) -> tuple[int, int, int]:
     """(sequences, positions per sequence, LM-head positions) of one micro-batch's training forward."""
     b, s, p = inp.micro_batch, inp.seq_len, inp.prompt_len
+    if inp.method in ONLINE:  # one row per rollout; the LM head at its completion positions only
+        return b, s, b * (s - p)
     if inp.method in _PAIRED and inp.prefix_sharing:
         seqs, length = b, 2 * s - p  # prompt once, then chosen and rejected: one sequence per pair
     elif inp.method in _PAIRED:
@@ -233,7 +265,8 @@ def _tokens(inp: PlanInput) -> tuple[int, int, int]:
 
 
 def _logits(inp: PlanInput, positions: int, per_elem: int, c: Calibration) -> int:
-    if inp.completion_only_logits:  # chunked, recomputed log-softmax: one chunk alive at a time
+    # chunked, recomputed log-softmax: one chunk alive at a time (not in the online methods' forward)
+    if inp.completion_only_logits and inp.method not in ONLINE:
         positions = min(positions, c.logit_chunk_tokens)
     return positions * inp.arch.vocab * per_elem
 
@@ -245,29 +278,38 @@ def estimate(inp: PlanInput, hardware: Hardware | str = "t4", calib: Calibration
     arch, a, c = inp.arch, DTYPE_BYTES[inp.dtype], calib
     plan = Plan(inp, hw)
     lora = inp.lora_r > 0
+    online = inp.method in ONLINE
     scalar_head = inp.method == "reward"
     base = weight_bytes(arch, inp.quant, a, inp.double_quant, scalar_head=scalar_head)
-    n_models = 2 if inp.method == "ppo" else 1  # PPO trains a policy and a value model
     n_trainable = arch.n_params if not lora else lora_params(arch, inp.lora_r, inp.targets)
     if scalar_head and lora:
         n_trainable += arch.hidden  # the score head is trained too (modules_to_save)
+    n_head = 0  # PPO's value head: trained beside the adapters
     plan.add("policy weights", base)
-    if inp.method == "ppo":
-        value = weight_bytes(arch, inp.quant, a, inp.double_quant, scalar_head=True)
-        plan.add("reward model weights", value)
-        plan.add("value model weights", value)
-        n_trainable += arch.hidden if lora else 0
+    if inp.method == "ppo":  # the value model is a linear head on the policy's hidden states (+ bias)
+        plan.add("value head (fp32)", 4 * (arch.hidden + 1))
+        n_head = arch.hidden + 1
+    if online and inp.reward_model == "model":  # a reward run: a frozen copy of the base, scalar head
+        # alignkit.judges.reward_model loads it merged, unquantized, in fp32, on the CPU
+        built = weight_bytes(arch, "none", 4, scalar_head=True)
+        if hw.kind == "gpu":
+            built = weight_bytes(arch, inp.quant, a, inp.double_quant, scalar_head=True)
+            plan.notes.append(f"the reward model is counted on the GPU at the policy's precision; today the judge "
+                              f"loads it on the CPU in fp32 ({gib(weight_bytes(arch, 'none', 4, scalar_head=True))} "
+                              "of host RAM) and scores there")
+        plan.add("reward model weights", built)
     if inp.reference == "copy":
         plan.add("reference weights", weight_bytes(arch, inp.quant, a, inp.double_quant))
     if lora:
-        plan.add("LoRA adapters (fp32)", 4 * n_trainable * n_models)  # peft keeps adapters in fp32
-        plan.add("gradients (fp32)", 4 * n_trainable * n_models)
+        plan.add("LoRA adapters (fp32)", 4 * n_trainable)  # peft keeps adapters in fp32
+        n_trainable += n_head
+        plan.add("gradients (fp32)", 4 * n_trainable)
     else:
-        plan.add("gradients", (4 if a == 2 else a) * n_trainable * n_models)  # of the fp32 master weights
+        plan.add("gradients", (4 if a == 2 else a) * n_trainable)  # of the fp32 master weights
         if a == 2:
-            plan.add("master weights (fp32)", 4 * n_trainable * n_models)
+            plan.add("master weights (fp32)", 4 * n_trainable)
     opt = 8.0 if inp.optimizer == "adamw" else 2.0 + 8 / 2048  # m and v; 8-bit: + a fp32 scale per 2048
-    plan.add(f"optimizer states ({inp.optimizer})", opt * n_trainable * n_models)
+    plan.add(f"optimizer states ({inp.optimizer})", opt * n_trainable)
     plan.add("CUDA context" if hw.kind == "gpu" else "Python + torch baseline",
              c.cuda_context if hw.kind == "gpu" else c.cpu_baseline)
 
@@ -277,34 +319,54 @@ def estimate(inp: PlanInput, hardware: Hardware | str = "t4", calib: Calibration
     seqs, length, head_pos = _tokens(inp)
     per_tok_layer = activation_bytes(arch, a, targets, inp.lora_dropout, mask_bytes=1 if hw.kind == "gpu" else 4)
     tokens = seqs * length
-    if inp.grad_ckpt:  # each block keeps only its input; backward recomputes one block at a time
+    # alignkit.train.ppo never calls gradient_checkpointing_enable (only the 4-bit/8-bit preparation
+    # does), and it keeps the policy in eval mode, where transformers does not checkpoint anyway.
+    ckpt = inp.grad_ckpt and not online
+    if inp.grad_ckpt and online:
+        plan.notes.append(f"{inp.method}: the online loop does not checkpoint (no gradient_checkpointing_enable; "
+                          "the policy stays in eval mode, where transformers skips it): activations planned in full")
+    if ckpt:  # each block keeps only its input; backward recomputes one block at a time
         act = tokens * (arch.layers * a * arch.hidden + per_tok_layer)
     else:
         act = tokens * arch.layers * per_tok_layer
     if inp.prefix_sharing and inp.method in _PAIRED:
         act += seqs * length * length * a  # the 2-D attention mask that keeps chosen and rejected apart
-    plan.add("activations" + (" (checkpointed)" if inp.grad_ckpt else ""), scale * act * n_models, "train")
+    plan.add("activations" + (" (checkpointed)" if ckpt else ""), scale * act, "train")
     if hw.kind == "cpu" and inp.cpu_allocator == "glibc":
         reused = sum(b for n, b in plan.components.items() if n.startswith(("gradients", "optimizer states")))
         plan.add("freed activations kept in the heap (glibc)",
-                 max(0.0, c.cpu_heap_retention * scale * act * n_models - reused), "train")
+                 max(0.0, c.cpu_heap_retention * scale * act - reused), "train")
     if not scalar_head:
         plan.add("logits", _logits(inp, head_pos, c.logit_bytes_train, c), "train")
 
     # no-grad forwards: one block's intermediates + the logits of that forward
     nograd_elem = c.logit_bytes_nograd + (a if a < 4 else 0)
-    nograd_act = tokens * activation_bytes(arch, a, None, 0.0, frozen=True)
-    if inp.reference in ("adapter", "copy") and inp.method != "ppo":
+    frozen = activation_bytes(arch, a, None, 0.0, frozen=True)
+    nograd_act = tokens * frozen
+    if inp.reference in ("adapter", "copy") and not online:
         plan.add("reference forward (no grad)", nograd_act + _logits(inp, head_pos, nograd_elem, c), "nograd")
-    if inp.method == "ppo":  # rollouts, then reference/reward/value scoring, then the PPO update
-        kv = 2 * arch.layers * arch.kv_dim * a * inp.micro_batch * inp.seq_len
-        plan.add("generation KV cache", kv, "generate")
-        plan.add("generation forward (no grad)", inp.micro_batch * activation_bytes(arch, a, None, 0.0, frozen=True),
-                 "generate")
-        plan.add("scoring forwards (no grad)", nograd_act + _logits(inp, head_pos, nograd_elem, c), "nograd")
+    if online:
+        _online_transients(plan, inp, a, frozen, nograd_elem, head_pos)
     if inp.method == "kto":
         plan.notes.append("KTO's KL batch is a no-grad forward: it costs time, not peak memory.")
     return plan
+
+
+def _online_transients(plan: Plan, inp: PlanInput, a: int, frozen: int, nograd_elem: int, head_pos: int) -> None:
+    """A step of alignkit.train.ppo: rollouts (generate), the judge, then the old and reference
+    log-probs (nograd), then the update (the train phase, counted by `estimate`)."""
+    arch = inp.arch
+    rollouts = inp.rollout_prompts * inp.num_generations  # `sample` decodes them in one batch
+    plan.add("generation KV cache", 2 * arch.layers * arch.kv_dim * a * rollouts * inp.seq_len, "generate")
+    # the prefill: every rollout's prompt at once, one block's intermediates, the last position's logits
+    plan.add("generation forward (no grad)", rollouts * (inp.prompt_len * frozen + arch.vocab * nograd_elem),
+             "generate")
+    # policy, then reference (adapter off), micro-batch by micro-batch; the log-softmax also gives the
+    # entropy (one more fp32 N x V); the reward model's own batches run before, on their own
+    scoring = inp.micro_batch * inp.seq_len * frozen + head_pos * arch.vocab * (nograd_elem + 4)
+    if inp.reward_model == "model":
+        scoring = max(scoring, min(_JUDGE_BATCH, rollouts) * inp.seq_len * frozen)
+    plan.add("scoring forwards (no grad)", scoring, "nograd")
 
 
 def plan_from_args(model: str | Arch = "default", method: str = "dpo", *, gpu: str | Hardware = "t4",
@@ -312,7 +374,8 @@ def plan_from_args(model: str | Arch = "default", method: str = "dpo", *, gpu: s
     """One call for the CLI: ``plan_from_args("7b", "dpo", gpu="t4", quant="4bit", lora_r=16, ...)``.
 
     `settings` are `PlanInput` fields (lora_r, lora_targets, quant, dtype, micro_batch, seq_len,
-    prompt_len, grad_ckpt, optimizer, reference, prefix_sharing, completion_only_logits, ...).
+    prompt_len, grad_ckpt, optimizer, reference, prefix_sharing, completion_only_logits, and for the
+    online methods rollout_prompts, num_generations, reward_model).
     """
     hw = get_hardware(gpu, ram=ram) if not isinstance(gpu, Hardware) else gpu
     return estimate(PlanInput(arch=load_arch(model), method=method, **settings), hw)
@@ -325,16 +388,36 @@ def plan_input_from_config(cfg, arch: Arch | str | None = None) -> PlanInput:
     """A `PlanInput` from an `alignkit.config.RunConfig` (duck-typed: only its fields are read)."""
     m, d, t = cfg.model, cfg.data, cfg.train
     lora = m.lora
+    seq_len, prompt_len, reference, online = d.max_length, min(d.max_prompt_length, d.max_length - 1), t.reference, {}
+    if cfg.method in ONLINE:  # prompts cut to max_prompt_length, answers to max_new_tokens
+        seq_len, prompt_len = d.max_prompt_length + t.max_new_tokens, d.max_prompt_length
+        reference = "adapter"  # alignkit.train.ppo's only reference; it does not read train.reference
+        online = dict(rollout_prompts=t.rollout_prompts, num_generations=t.num_generations,
+                      reward_model=_reward_kind(t.reward_model))
     return PlanInput(
         arch=load_arch(arch if arch is not None else m.name_or_path), method=cfg.method,
         lora_r=lora.r if lora.enabled else 0, lora_targets=tuple(lora.target_modules or ()) or "all-linear",
         lora_dropout=lora.dropout, quant=m.quantization, dtype=_CONFIG_DTYPES.get(m.dtype),
-        micro_batch=t.micro_batch_size, grad_accum=t.gradient_accumulation_steps, seq_len=d.max_length,
-        prompt_len=min(d.max_prompt_length, d.max_length - 1), grad_ckpt=m.gradient_checkpointing,
-        reference=t.reference, prefix_sharing=t.prefix_sharing, completion_only_logits=True,
+        micro_batch=t.micro_batch_size, grad_accum=t.gradient_accumulation_steps, seq_len=seq_len,
+        prompt_len=prompt_len, grad_ckpt=m.gradient_checkpointing,
+        reference=reference, prefix_sharing=t.prefix_sharing, completion_only_logits=True,
         # the allocator policy of the environment the run starts in (see Calibration.cpu_heap_retention)
-        cpu_allocator="mmap" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "glibc",
+        cpu_allocator="mmap" if os.environ.get("MALLOC_MMAP_THRESHOLD_") else "glibc", **online,
     )
+
+
+def _reward_kind(spec: str | None) -> str:
+    """``"judge"`` for a spec `alignkit.judges.load_judge` reads as a programmatic judge (a registered
+    name, ``package.module:function``), else ``"model"``: a reward run's directory, finished or not yet."""
+    from alignkit.judges import registered_judges
+    from alignkit.judges.function import looks_like_function_spec
+
+    if not spec or not spec.strip():
+        return "model"  # the trainer refuses a run without a reward; plan the larger case
+    spec = spec.strip()
+    if spec in registered_judges() or (not Path(spec).expanduser().is_dir() and looks_like_function_spec(spec)):
+        return "judge"
+    return "model"
 
 
 def gib(nbytes: float) -> str:
@@ -365,6 +448,10 @@ def format_table(plan: Plan) -> str:
               f"({gib(plan.hardware.memory)})\n{inp.dtype}, quant {inp.quant}, "
               f"{'LoRA r=' + str(inp.lora_r) if inp.lora_r else 'full fine-tuning'}, micro-batch {inp.micro_batch} x "
               f"{inp.seq_len} tokens, grad ckpt {'on' if inp.grad_ckpt else 'off'}, reference {inp.reference}\n")
+    if inp.method in ONLINE:
+        header += (f"rollouts {inp.rollout_prompts} prompts x {inp.num_generations} answers of {inp.prompt_len} + "
+                   f"{inp.seq_len - inp.prompt_len} tokens, reward "
+                   f"{'a reward model' if inp.reward_model == 'model' else 'a programmatic judge (no weights)'}\n")
     table = Table()
     table.add_column("component")
     table.add_column("phase")
@@ -393,11 +480,12 @@ def worked_examples() -> str:
                 p = plan_from_args("7b", "dpo", gpu="t4", reference=ref, micro_batch=mb, seq_len=s, **qlora, **fwd)
                 lines.append(f"    {ref:9s}  {label:17s}  {mb} x {s:4d}: {gib(p.total):>10s}  {p.verdict}")
     lines.append(format_table(plan_from_args("7b", "dpo", gpu="t4", micro_batch=2, seq_len=1024, **qlora, **plain)))
-    lines.append("(b) 7B PPO on a T4: policy (QLoRA), reference (adapter off), reward and value models (4-bit), ckpt")
-    for ref in ("adapter", "copy"):
+    lines.append("(b) 7B PPO on a T4: policy (QLoRA) + value head, reference = adapter off, 8 x 4 rollouts, "
+                 "a reward model (4-bit) or a programmatic judge")
+    for reward in ("model", "judge"):
         for mb, s in ((1, 512), (4, 512), (4, 1024), (8, 1024)):
-            p = plan_from_args("7b", "ppo", gpu="t4", reference=ref, micro_batch=mb, seq_len=s, **qlora, **plain)
-            lines.append(f"    reference {ref:7s} {mb} x {s:4d}: {gib(p.total):>10s}  {p.verdict}")
+            p = plan_from_args("7b", "ppo", gpu="t4", reward_model=reward, micro_batch=mb, seq_len=s, **qlora, **plain)
+            lines.append(f"    reward {reward:5s} {mb} x {s:4d}: {gib(p.total):>10s}  {p.verdict}")
     lines.append(format_table(plan_from_args("7b", "ppo", gpu="t4", micro_batch=4, seq_len=512, **qlora, **plain)))
     return "\n".join(lines)
 

@@ -168,8 +168,8 @@ def advantages_for(method: str, tcfg, scores, old, ref, values, mask, kl_coef: f
     return seq[:, None] * mask, None, stats
 
 
-def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, console=print,
-               progress=None) -> Path:
+def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, force: bool = False,
+               console=print, progress=None) -> Path:
     """`alignkit train` for ppo / rloo / grpo; returns the run directory."""
     from alignkit.judges import load_judge
     from alignkit.train.run import (
@@ -178,6 +178,7 @@ def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
         check_run_dir,
         peak_memory_mb,
         prepare_run_dir,
+        run_plan,
         save_final,
         system_prompt,
     )
@@ -192,6 +193,10 @@ def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
         raise UserError(f"method {method} needs a reward", where="config field train.reward_model",
                         hint="name a finished reward run (alignkit train examples/task_api/reward.yaml), "
                              "a judge (task_api) or your own package.module:function")
+    if cfg.model.gradient_checkpointing:
+        raise UserError(f"gradient checkpointing is not supported for {method} yet (the online loop keeps the "
+                        "model in eval mode, where transformers does not checkpoint)",
+                        where="config field model.gradient_checkpointing", hint="set it to false")
     if not cfg.model.lora.enabled:
         raise UserError(f"{method} needs LoRA: its reference is the policy with the adapter switched off",
                         where="config field model.lora.enabled", hint="set model.lora.enabled: true")
@@ -215,6 +220,9 @@ def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     console(f"{method}: {len(prompts)} prompts from {cfg.data.train} ({rep.skipped} invalid skipped); "
             f"reward: {judge.name}" + (f"; gold judge: {gold.name}" if gold else ""))
 
+    plan = run_plan(cfg, device)
+    if plan is not None and device.type == "cuda":
+        preflight.check_memory(plan, force=force, console=console)
     base = load_model(cfg.model.name_or_path, dtype=cfg.model.dtype, device=device,
                       trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle,
                       attn_implementation=cfg.model.attn_implementation, quantization=cfg.model.quantization)
@@ -242,7 +250,8 @@ def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     log_file = run / "log.jsonl"
     (run / "config.yaml").write_text(dump_config(cfg))
     _write_run_json(run, cfg, status="running", steps=steps, trainable=trainable, total=total, reference="adapter",
-                    data=f"{len(prompts)} prompts", reward=judge.name)
+                    data=f"{len(prompts)} prompts", reward=judge.name,
+                    predicted_memory_mb=plan.total / 2**20 if plan else None)
     state = LoopState()
     if resume:
         state = _resume(run, policy, optimizer, scheduler, log_file, console)

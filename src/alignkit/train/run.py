@@ -176,7 +176,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
     if cfg.method in ONLINE_METHODS:  # rollout-then-update: a loop of its own
         from alignkit.train.ppo import run_online
 
-        return run_online(cfg, resume=resume, overwrite=overwrite, console=console, progress=progress)
+        return run_online(cfg, resume=resume, overwrite=overwrite, force=force, console=console, progress=progress)
     run = check_run_dir(cfg, resume=resume, overwrite=overwrite)
     tcfg = cfg.train
     mp = tcfg.mixed_precision
@@ -285,7 +285,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
     if state.step < total_steps:
         _write_run_json(run, cfg, status="interrupted", steps=total_steps, done=state.step)
         return run
-    if data.eval and accelerator.is_main_process:
+    if data.eval and accelerator.is_main_process and cfg.method != "reward":  # a reward run scores them below
         with open(log_file, "a") as f:
             f.write(json.dumps({"step": state.step, **evaluate()}) + "\n")
     accelerator.wait_for_everyone()
