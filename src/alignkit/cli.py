@@ -69,7 +69,8 @@ def cmd_train(args) -> int:
     return 0
 
 
-_SHOWN = [("loss", 4), ("rewards/accuracies", 2), ("rewards/margins", 3), ("kl", 3)]
+_SHOWN = [("loss", 4), ("rewards/accuracies", 2), ("rewards/margins", 3), ("score", 3), ("gold_score", 3),
+          ("kl", 3), ("eos_rate", 2)]
 
 
 def _progress():
@@ -88,7 +89,7 @@ def _progress():
         if step % every == 0 or step == total or step == 1:
             shown = [f"{k} {row[k]:.4f}" for k, _ in _SHOWN if isinstance(row.get(k), (int, float))]
             print(f"step {step}/{total}  " + "  ".join(shown) +
-                  f"  {row.get('tokens_per_s', 0):.0f} tok/s  ETA {eta:.0f}s", flush=True)
+                  f"  {row.get('tokens_per_s', row.get('rollout_tokens_per_s', 0)):.0f} tok/s  ETA {eta:.0f}s", flush=True)
 
     return show
 

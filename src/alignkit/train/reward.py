@@ -86,7 +86,7 @@ def evaluate_pairs(model, pairs, pad_id: int, *, batch_size: int, offset: float 
 
 
 def finish_reward_run(model, train_pairs, eval_pairs, pad_id: int, final: Path, *, batch_size: int,
-                      max_offset_pairs: int = 256) -> dict:
+                      max_offset_pairs: int = 512) -> dict:
     """Offset (mean reward on up to `max_offset_pairs` training pairs' answers) -> final/reward.json;
     returns the metrics on held-out pairs after centring (`metrics.json` of a reward run)."""
     subset = train_pairs[:max_offset_pairs]
