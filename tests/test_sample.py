@@ -227,3 +227,17 @@ def test_edge_cases(model):
         sample(model, [[5]], stop_ids=[2], pad_id=PAD, max_new_tokens=2, temperature=0.0)
     with pytest.raises(ValueError, match="at least one token"):
         sample(model, [[5], []], stop_ids=[2], pad_id=PAD, max_new_tokens=2)
+
+
+def test_merged_copy_in_the_models_own_dtype_never_writes_into_the_model(model):
+    """PPO rollouts decode with the adapter merged into an fp32 copy of an fp32 policy. `.to(fp32)` of an
+    fp32 tensor is the same storage, so without a real copy the merge W += BA lands in the policy (and in
+    its adapter-off reference) at every step. The merged copy must compute what the model computes."""
+    m = lora_model()
+    prompts = prompts_of((5, 1, 9, 3, 12, 7, 2, 6, 4, 8, 10, 11))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    kw = dict(stop_ids=[2], pad_id=PAD, max_new_tokens=8, do_sample=False)
+    merged = sample(m, prompts, decode_dtype=torch.float32, **kw).completion_ids
+    after = m.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert merged == sample(m, prompts, **kw).completion_ids

@@ -119,7 +119,9 @@ def decode_copy(model, dtype: torch.dtype):
     `W + BA` once more than merging in fp32 would: about one ulp of `dtype`, well below the
     rounding that decoding in `dtype` introduces anyway. The caller's model is not touched.
     """
-    memo = {id(p): torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
+    # copy=True: in the model's own dtype `.to` would return the same storage, and merging the adapter
+    # into the twin would then write W + BA into the caller's weights.
+    memo = {id(p): torch.nn.Parameter(p.detach().to(dtype, copy=True), requires_grad=False)
             for p in model.parameters() if p.is_floating_point()}
     twin = copy.deepcopy(model, memo)
     if hasattr(twin, "merge_and_unload"):  # a peft model: one plain matmul per layer, no adapter
