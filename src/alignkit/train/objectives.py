@@ -28,7 +28,20 @@ class PolicyForward(torch.nn.Module):
         return completion_logps(self.model, batch)
 
 
-class PreferenceObjective:
+class PairBatches:
+    """Batching shared by every paired objective: one (prefix-shared) row per pair, weighted by pairs."""
+
+    pad_id: int
+    shared: bool
+
+    def collate(self, items) -> Batch:
+        return collate_pairs(items, self.pad_id, shared=self.shared)
+
+    def weight(self, items) -> float:
+        return float(len(items))
+
+
+class PreferenceObjective(PairBatches):
     """DPO and its relatives: any paired loss in `alignkit.losses.LOSSES`."""
 
     kind = "preference"
@@ -40,12 +53,6 @@ class PreferenceObjective:
         self.pad_id = pad_id
         self.reference = reference  # alignkit.train.reference.Reference or None (reference-free)
         self.shared = shared
-
-    def collate(self, items) -> Batch:
-        return collate_pairs(items, self.pad_id, shared=self.shared)
-
-    def weight(self, items) -> float:
-        return float(len(items))
 
     def loss(self, forward, model, batch: Batch, ids: list[int]):
         logps, n_tokens = forward(batch)

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
-from alignkit.data.collate import Batch, collate_pairs
+from alignkit.data.collate import Batch
 from alignkit.losses.reward import bradley_terry_loss
 from alignkit.reward_model import RewardForward, score_items, write_reward_info
+from alignkit.train.objectives import PairBatches
 
 
-class RewardObjective:
+class RewardObjective(PairBatches):
     """Bradley-Terry loss with an optional margin and a reward-centering term."""
 
     kind = "reward"
@@ -30,12 +31,6 @@ class RewardObjective:
         self.margin = margin
         self.center = center_rewards_coefficient
         self.shared = shared
-
-    def collate(self, items) -> Batch:
-        return collate_pairs(items, self.pad_id, shared=self.shared)
-
-    def weight(self, items) -> float:
-        return float(len(items))
 
     def loss(self, forward, model, batch: Batch, ids: list[int]):
         rewards = forward(batch)  # (2b,): chosen at even, rejected at odd segments
