@@ -126,6 +126,14 @@ def collate_pairs(pairs, pad_id: int, *, shared: bool = True) -> Batch:
     return b.build(2 * len(pairs))
 
 
+@dataclass
+class PromptCompletion:
+    """A prompt and one completion as token ids: what `collate_single` needs (rollouts, scored answers)."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+
+
 def collate_single(items, pad_id: int) -> Batch:
     """Sequences (objects with prompt_ids, completion_ids) -> one segment each."""
     b = _Builder(pad_id)

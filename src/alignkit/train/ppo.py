@@ -31,7 +31,6 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -42,7 +41,7 @@ from transformers import get_scheduler
 
 from alignkit.config import RunConfig, dump_config
 from alignkit.data import formats
-from alignkit.data.collate import Batch, collate_single
+from alignkit.data.collate import Batch, PromptCompletion, collate_single
 from alignkit.errors import UserError
 from alignkit.logprobs import _parts, attention_mask_for
 from alignkit.losses import ppo as L
@@ -106,27 +105,6 @@ def to_padded(x: torch.Tensor, batch: Batch) -> torch.Tensor:
     out = x.new_zeros(batch.n_segments, int(counts.max()) if len(counts) else 0)
     out[batch.segments, pos] = x
     return out
-
-
-@dataclass
-class Rollout:
-    items: list            # objects with prompt_ids, completion_ids
-    mask: torch.Tensor     # (b, t) 1 on response tokens
-    old_logps: torch.Tensor
-    ref_logps: torch.Tensor
-    old_values: torch.Tensor | None
-    scores: torch.Tensor   # (b,) judge score, after the missing-EOS penalty
-    ended: torch.Tensor    # (b,) bool
-    advantages: torch.Tensor  # (b, t)
-    returns: torch.Tensor | None
-    stats: dict
-
-
-class _Item:
-    __slots__ = ("prompt_ids", "completion_ids")
-
-    def __init__(self, p, c):
-        self.prompt_ids, self.completion_ids = list(p), list(c)
 
 
 def _collate(items, pad_id, device) -> Batch:
@@ -336,7 +314,7 @@ def _step(cfg, policy, optimizer, scheduler, kl_ctl, judge, gold, prompts, promp
     scores = raw - tcfg.missing_eos_penalty * (~ended).float()
     gold_scores = torch.tensor(gold(convs, texts, metas)) if gold is not None else None
     t_score = time.perf_counter() - t0 - t_gen
-    items = [_Item(p, c) for p, c in zip(s.prompt_ids, s.completion_ids, strict=True)]
+    items = [PromptCompletion(p, c) for p, c in zip(s.prompt_ids, s.completion_ids, strict=True)]
     old, ref, values = _score_forward(inner, items, pad, tcfg.micro_batch_size, tcfg.temperature, device)
     lengths = torch.tensor([len(c) for c in s.completion_ids])
     mask = (torch.arange(old.shape[1])[None, :] < lengths[:, None]).float().to(device)

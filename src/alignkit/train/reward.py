@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from alignkit.data.collate import Batch
+from alignkit.data.collate import Batch, PromptCompletion
 from alignkit.losses.reward import bradley_terry_loss
 from alignkit.reward_model import RewardForward, score_items, write_reward_info
 from alignkit.train.objectives import PairBatches
@@ -43,18 +43,11 @@ class RewardObjective(PairBatches):
         }
 
 
-class _Answer:
-    __slots__ = ("prompt_ids", "completion_ids")
-
-    def __init__(self, prompt_ids, completion_ids):
-        self.prompt_ids, self.completion_ids = prompt_ids, completion_ids
-
-
-def answers(pairs) -> list[_Answer]:
+def answers(pairs) -> list[PromptCompletion]:
     """Each pair as two (prompt, answer) items: chosen at even, rejected at odd indices."""
     out = []
     for p in pairs:
-        out += [_Answer(p.prompt_ids, p.chosen_ids), _Answer(p.prompt_ids, p.rejected_ids)]
+        out += [PromptCompletion(p.prompt_ids, p.chosen_ids), PromptCompletion(p.prompt_ids, p.rejected_ids)]
     return out
 
 
