@@ -105,7 +105,7 @@ def test_rows_stop_at_their_own_stop_token(model):
             assert not e and c == f and len(c) == N_NEW
 
 
-def test_finished_rows_are_fed_pad_and_loop_exits_when_all_stop(model):
+def test_finished_rows_leave_the_batch_and_loop_exits_when_all_stop(model):
     prompts = prompts_of((4, 6))
     free = hf_greedy(model, prompts, None)
     stop = free[0][1]  # prompt 0 stops at step 2, prompt 1 never
@@ -116,9 +116,12 @@ def test_finished_rows_are_fed_pad_and_loop_exits_when_all_stop(model):
     try:
         got = sample(model, prompts, stop_ids=[stop], pad_id=PAD, max_new_tokens=N_NEW, do_sample=False)
         assert got.completion_ids == [free[0][:2], free[1]] and len(seen) == N_NEW
-        # Prompt 0 is the batch's row 1 (longest first); seen[2] feeds back its stop token.
-        assert [int(step[1, -1]) for step in seen[1:3]] == free[0][:2]
-        assert all(int(step[1, 0]) == PAD for step in seen[3:])
+        # The prompts (longest first: prompt 1 is row 0) went through the decoder alone; the
+        # whole model first sees their last column, then one token per live row.
+        assert seen[0].tolist() == [[prompts[1][-1]], [prompts[0][-1]]]
+        assert seen[1].tolist() == [[free[1][0]], [free[0][0]]]
+        # Prompt 0 stopped at step 2: from step 3 only prompt 1's row is fed (and its cache kept).
+        assert [step.tolist() for step in seen[2:]] == [[[t]] for t in free[1][1:N_NEW - 1]]
         seen.clear()
         sample(model, prompts, stop_ids=[free[0][0], free[1][0]], pad_id=PAD, max_new_tokens=N_NEW,
                do_sample=False)

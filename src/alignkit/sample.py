@@ -152,29 +152,60 @@ def _decode_batch(model, prompts, stops: torch.Tensor, pad: int, max_new_tokens:
                   temperature: float, gen, cache_kw: str, extra: dict) -> list[list[int]]:
     """Completions of one batch of b prompts, each cut after its first stop token.
 
-    Step 1 feeds the left-padded prompts (b, s); each later step one token per row (b, 1), with the
-    mask (b, s + t) and positions (b, 1) extended by one. `out` (b, max_new_tokens) holds the picks.
+    The left-padded prompts (b, s) go through the decoder without its LM head except for their last
+    column (`_prefill`); then each step feeds one token per live row (n, 1), with the mask
+    (n, s + t) and positions (n, 1) extended by one. Rows that have stopped leave the batch (their
+    KV-cache rows too) once a quarter of the rows are done, so a long answer does not keep the
+    finished ones computing. `out` (b, max_new_tokens) holds the picks.
     """
     ids, mask = left_pad(prompts, pad, stops.device)
     # Pad columns get position 0: they are masked, so any value works; clamping keeps RoPE in range.
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = _prefill(model, ids[:, :-1], mask[:, :-1], pos[:, :-1], cache_kw)
+    ids, pos = ids[:, -1:], pos[:, -1:]
+    live = torch.arange(len(prompts), device=stops.device)  # row of `out` for each row of the batch
     done = torch.zeros(len(prompts), dtype=torch.bool, device=stops.device)
     out = torch.full((len(prompts), max_new_tokens), pad, dtype=torch.long, device=stops.device)
-    cache, steps = None, 0
+    steps = 0
     for steps in range(1, max_new_tokens + 1):
         res = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
                     **{cache_kw: cache}, **extra)
         cache = res.get("cache") if res.get("cache") is not None else res.get("past_key_values")
         nxt = _next_tokens(res.logits[:, -1].float(), do_sample, temperature, gen)
         nxt = nxt.masked_fill(done, pad)
-        out[:, steps - 1] = nxt
+        out[live, steps - 1] = nxt
         done |= torch.isin(nxt, stops)
-        if bool(done.all()):
+        n_done = int(done.sum())
+        if n_done == len(live):
             break
+        if n_done * 4 >= len(live):  # drop the finished rows from the batch and the cache
+            keep = (~done).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            live, nxt, pos, mask, done = live[keep], nxt[keep], pos[keep], mask[keep], done[keep]
         ids, pos = nxt[:, None], pos[:, -1:] + 1
-        mask = torch.cat([mask, mask.new_ones((len(prompts), 1))], dim=1)
+        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
     stop_list = stops.tolist()
     return [cut_at_stop(row, stop_list) for row in out[:, :steps].tolist()]
+
+
+def _prefill(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, cache_kw: str):
+    """The KV cache of the prompt columns `ids` (b, s - 1), None when there are none.
+
+    The decoder runs alone where the model exposes one (`get_decoder()`): no logits are needed for
+    these columns, and the LM head on a sliced hidden state (b, 1, d) falls into a batched matmul
+    that copies the (d, vocab) head once per row in bf16 on CPU (6 of a 7 s prefill, profiled). The
+    last prompt column then goes through the whole model as the first decoding step.
+    """
+    if ids.shape[1] == 0:
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    if decoder is None or decoder is base:
+        decoder, kw = model, {cache_kw: None}
+    else:
+        kw = {}
+    res = decoder(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **kw)
+    return res.get("cache") if res.get("cache") is not None else res.get("past_key_values")
 
 
 def sample(model, prompt_ids: Sequence[Sequence[int]], *, stop_ids: Sequence[int], pad_id: int,
