@@ -11,13 +11,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignkit.errors import UserError
 
 METHODS = ("sft", "dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo", "kto", "reward",
            "ppo", "rloo", "grpo")
 ONLINE_METHODS = ("ppo", "rloo", "grpo")
+SIMPO_BETA = 2.0
+"""`train.beta` of `method: simpo` when the config leaves it unset (also the default of
+`alignkit.losses.simpo_loss`). SimPO's beta scales an average per-token log-prob (Meng et al. 2024
+use 2.0-2.5); with the generic 0.1 and `simpo_gamma` 1.0 the loss asks for an average log-prob gap
+of gamma/beta = 10 nats per token instead of the paper's ~0.5."""
 
 
 class _Section(BaseModel):
@@ -80,7 +85,7 @@ class DataConfig(_Section):
 
 class TrainConfig(_Section):
     beta: float = Field(0.1, gt=0)
-    """KL strength for DPO-family losses: higher keeps the policy closer to the reference."""
+    """KL strength for DPO-family losses: higher keeps the policy closer to the reference. When the config does not set it, `simpo` gets 2.0 (its reward scale: the SimPO paper's 2.0-2.5, gamma/beta 0.5 with `simpo_gamma` 1.0)."""
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
     """cDPO label smoothing for `dpo`; the assumed label-flip rate for `robust`."""
     rpo_alpha: float = Field(1.0, ge=0)
@@ -214,6 +219,13 @@ class RunConfig(_Section):
         if v not in METHODS:
             raise ValueError(f"unknown method {v!r}; allowed: {', '.join(METHODS)}")
         return v
+
+    @model_validator(mode="after")
+    def _method_defaults(self) -> RunConfig:
+        """Defaults that depend on the method, applied only to fields the config did not set."""
+        if self.method == "simpo" and "beta" not in self.train.model_fields_set:
+            self.train.beta = SIMPO_BETA
+        return self
 
 
 def _suggest(name: str, allowed: list[str]) -> str:

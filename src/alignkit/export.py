@@ -9,7 +9,10 @@ and alignkit reads it at the EOS: score `[prompt, answer, EOS]`, right-padded wi
 With `--merge`, the run's adapter and those of every earlier stage it started from (SFT -> DPO)
 are merged into the weights, giving a plain `AutoModelForCausalLM.from_pretrained(DIR)` checkpoint
 with its tokenizer and chat template. Without it, the adapter is copied as it is (peft format) and
-`base_model.txt` names what it applies to.
+`base_model.txt` names what it applies to. That is refused when the run started from another run's
+LoRA adapter (SFT -> DPO): its `adapter_config.json` names the root model, onto which
+`PeftModel.from_pretrained` would load it without a word, giving a model that was never trained;
+only `--merge` writes what that chain produced.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ def export(run: Path, out: Path, *, merge: bool = True) -> Path:
     if not (run / "final").is_dir():
         raise UserError("the run has not finished (no final/)", where=str(run),
                         hint=f"finish it first: alignkit train --resume {run}")
+    if not merge:
+        _check_unmerged(run)
     if out.exists() and any(out.iterdir()):
         raise UserError("the output directory is not empty", where=str(out), hint="choose a new directory")
     tmp = out.with_name(f".tmp-{out.name}")
@@ -48,6 +53,25 @@ def export(run: Path, out: Path, *, merge: bool = True) -> Path:
         out.rmdir()
     tmp.rename(out)
     return out
+
+
+def _check_unmerged(run: Path) -> None:
+    """Refuse an adapter-only export whose adapter sits on an earlier stage's adapter.
+
+    The adapter's `base_model_name_or_path` is the model it was trained on as transformers saw it:
+    for a base run with its own adapter that is the root model (the earlier adapter was merged into
+    it in memory), so the adapter alone cannot be loaded onto the right weights. A base run that was
+    fully fine-tuned is fine: its `final/` is a plain checkpoint, and that is the path named.
+    """
+    if not (run / "final" / "adapter_config.json").is_file():
+        return  # full fine-tuning: final/ is the whole model
+    base = Path(json.loads((run / "run.json").read_text())["base"])
+    if is_run_dir(base) and (base / "final" / "adapter_config.json").is_file():
+        raise UserError(f"this run's adapter was trained on top of the run {base}, itself an adapter on "
+                        f"{base_of(str(base))}; exported alone it would load onto {base_of(str(base))} "
+                        "and give another model than the one trained", where=str(run),
+                        hint=f"pass --merge: alignkit export {run} --merge --out DIR writes every stage's "
+                             "adapter merged into one plain checkpoint")
 
 
 def _export_reward(run: Path, out: Path) -> None:

@@ -121,12 +121,68 @@ def test_likelihood_displacement_from_metrics_and_log():
     m["after"]["logps/chosen"] = -95.0
     log = healthy_log()
     for r in log:
-        if "loss" in r:
-            r["logps/chosen"] = -80.0 - r["epoch"] * 20
+        if "loss" in r:  # the chosen log-prob sinks below the reference's on each batch: 0 -> -20 nats
+            r["rewards/chosen"] = -2.0 * r["epoch"]
+            r["rewards/rejected"] = r["rewards/chosen"] - r["rewards/margins"]
     f = by_name(diagnose_from(log, m, CONFIG), "likelihood_displacement")
     assert "-95" in f.evidence and "-80" in f.evidence and "down 15 nats" in f.evidence
-    assert "fell from" in f.evidence
+    # last quarter of 40 steps: mean of -2 t over t = 31/40 .. 40/40 = -1.775, / beta 0.1
+    assert "rewards/chosen -1.775" in f.evidence and "17.75 nats below the reference" in f.evidence
+    assert f.numbers["logps_delta_chosen_train"] == pytest.approx(-17.75)
     assert any("rpo_alpha=1" in x for x in f.fixes)
+
+
+def issue_log() -> list[dict]:
+    """The 4-step run of issue 15: raw logps/chosen of each step's batch fall from -53.8 to -75.6
+    (other batches, longer answers), while rewards/chosen, the same batch against the reference,
+    rises every step."""
+    raw = (-53.8, -61.0, -68.2, -75.6)
+    chosen = (0.004, 0.011, 0.019, 0.027)
+    return [{"step": s, "epoch": s / 4, "loss": 0.69 - 0.01 * s, "rewards/chosen": c, "rewards/rejected": c - 0.01 * s,
+             "rewards/margins": 0.01 * s, "rewards/accuracies": 0.75, "logps/chosen": lp, "logps/rejected": lp - 5,
+             "lr": 1e-5} for s, (lp, c) in enumerate(zip(raw, chosen, strict=True), 1)]
+
+
+@pytest.mark.parametrize("metrics", [None, "healthy"])
+def test_raw_logps_falling_across_batches_is_no_likelihood_displacement(metrics):
+    m = healthy_metrics() if metrics else None
+    findings = diagnose_from(issue_log(), m, CONFIG)
+    assert "likelihood_displacement" not in [f.name for f in findings]
+
+
+def test_rewards_chosen_falling_on_a_short_run_is_likelihood_displacement():
+    log = issue_log()
+    for r, c in zip(log, (-0.2, -0.4, -0.6, -0.8), strict=True):
+        r["rewards/chosen"] = c  # the chosen answers now lose log-prob against the reference
+    f = by_name(diagnose_from(log, None, CONFIG), "likelihood_displacement")
+    assert "rewards/chosen -0.8" in f.evidence and "8 nats below the reference" in f.evidence
+    cfg = {**CONFIG, "train": {**CONFIG["train"], "beta": 0.5}}  # the same rewards are 1.6 nats at beta 0.5
+    assert "likelihood_displacement" not in [x.name for x in diagnose_from(log, None, cfg)]
+
+
+def test_reference_free_rewards_are_not_read_as_a_log_prob_change():
+    """SimPO's rewards/chosen is beta x the policy's own average log-prob, not a change against a
+    reference: falling values across batches say nothing about displacement."""
+    log = issue_log()
+    for r in log:
+        r["rewards/chosen"] = -3.0
+    cfg = {**CONFIG, "method": "simpo", "train": {**CONFIG["train"], "beta": 2.0}}
+    assert "likelihood_displacement" not in [f.name for f in diagnose_from(log, None, cfg)]
+    assert "likelihood_displacement" in [f.name for f in diagnose_from(log, None, CONFIG)]
+
+
+def test_eval_rows_on_the_same_pairs_show_likelihood_displacement():
+    log = healthy_log()
+    log.insert(0, {"step": 0, "eval/loss": 0.69, "eval/logps/chosen": -80.0, "eval/rewards/accuracies": 0.5})
+    log[-1]["eval/logps/chosen"] = -88.5
+    f = by_name(diagnose_from(log, healthy_metrics(), CONFIG), "likelihood_displacement")
+    assert "fell from -80 (step 0) to -88.5 (step 40)" in f.evidence
+
+
+def test_reference_reward_methods_are_the_losses_with_a_reference():
+    from alignkit.losses import LOSSES
+
+    assert set(dg.REFERENCE_REWARD_METHODS) == {m for m, spec in LOSSES.items() if spec.needs_reference}
 
 
 def test_verbosity_drift():

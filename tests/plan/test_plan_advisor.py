@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 import yaml
 
 from alignkit.errors import UserError
-from alignkit.plan.advisor import FIX_ORDER, data_stats, detect_format, fixes, recommend
+from alignkit.plan.advisor import FIX_ORDER, data_stats, detect_format, fixes, learning_rate, recommend
 from alignkit.plan.architectures import load_arch
 from alignkit.plan.memory import PlanInput, estimate
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_no_fixes_when_it_fits():
@@ -120,3 +124,59 @@ def test_cpu_allocator_fix_only_on_cpu():
     assert [f.rank for f in found] == sorted(f.rank for f in found)
     gpu = fixes(PlanInput(load_arch("7b"), "dpo", quant="4bit", micro_batch=4, seq_len=512, grad_ckpt=False), "t4")
     assert all("cpu_allocator" not in f.name for f in gpu)
+
+
+def _annotated(text: str) -> dict[str, tuple[object, str]]:
+    """`dotted.key -> (value, comment)` for every commented scalar line of the advisor's YAML."""
+    out, stack = {}, []
+    for line in text.splitlines():
+        indent = (len(line) - len(line.lstrip())) // 2
+        body, _, comment = line.strip().partition("  # ")
+        key, _, value = body.partition(":")
+        stack[indent:] = [key]
+        if value.strip():
+            out[".".join(stack)] = (yaml.safe_load(value), comment)
+    return out
+
+
+# issue 15: 98th-percentile prompt 25 + answer 41 = 66 tokens (chars / 4 + 16 each)
+SHORT = [{"prompt": "x" * 36, "chosen": "y" * 100, "rejected": "n" * 40}] * 200
+
+
+def test_every_yaml_comment_states_the_value_it_annotates(tmp_path):
+    rec = recommend(_write(tmp_path, SHORT), "default", "cpu")
+    notes = _annotated(rec.yaml)
+    value, comment = notes["data.max_length"]
+    assert value == 128 and "66 tokens" in comment and re.search(r"(=|at) 128\b", comment), comment
+    value, comment = notes["data.max_prompt_length"]
+    assert value == 64 and re.search(r"(=|at) 64\b", comment), comment
+    value, comment = notes["train.learning_rate"]
+    assert float(comment.split()[0]) == value
+    assert "half-precision" not in rec.yaml and "fp32" in notes["model.quantization"][1]
+    # a long prompt is capped to leave room for the answer, and the comment says so
+    long_prompt = [{"prompt": "x" * 600, "chosen": "y" * 40, "rejected": "n"}] * 200  # 166 + 26 = 192 tokens
+    notes = _annotated(recommend(_write(tmp_path, long_prompt, "long.jsonl"), "default", "t4").yaml)
+    assert notes["data.max_length"][0] == 192 and "= 192" in notes["data.max_length"][1]
+    value, comment = notes["data.max_prompt_length"]
+    assert value == 128 and "166 tokens, capped at 128" in comment
+    assert "fp16 (half-precision) base fits" in notes["model.quantization"][1]
+
+
+def _example_lr(method: str) -> float:
+    return yaml.safe_load((ROOT / f"examples/task_api/{method}.yaml").read_text())["train"]["learning_rate"]
+
+
+def test_learning_rates_are_those_of_the_examples_with_lora_and_recipes_without(tmp_path):
+    rec = recommend(_write(tmp_path, PAIRS), "default", "t4")
+    assert rec.config["model"]["lora"]["enabled"] and rec.config["train"]["learning_rate"] == 2e-4
+    assert rec.config["train"]["learning_rate"] == _example_lr("dpo")
+    orpo = recommend(_write(tmp_path, PAIRS), "qwen2.5-0.5b", "l4", sft_model=False)
+    assert orpo.config["train"]["learning_rate"] == _example_lr("orpo")
+    kto = recommend(_write(tmp_path, [{"prompt": "p", "completion": "c", "label": i % 2 == 0} for i in range(50)],
+                           "kto.jsonl"), "default", "t4")
+    assert kto.config["train"]["learning_rate"] == _example_lr("kto")
+    for method in ("dpo", "kto", "ppo"):
+        assert learning_rate(method, lora=True)[0] == _example_lr(method)
+    assert learning_rate("dpo", lora=False)[0] == 5e-7 and learning_rate("kto", lora=False)[0] <= 1e-6
+    for method in ("dpo", "kto", "orpo", "sft", "ppo"):  # full fine-tuning: far below LoRA
+        assert learning_rate(method, lora=False)[0] <= learning_rate(method, lora=True)[0] / 10

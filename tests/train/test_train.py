@@ -3,7 +3,8 @@
 Checked: batch 1 x 8 accumulation equals 8 x 1; a run stopped after k steps and resumed ends with
 the same weights and log as an uninterrupted run; the LoRA reference (adapter off) equals a
 separately loaded base; precomputed reference log-probs equal live ones and a second run hits the
-cache; export merges a chain of runs into a checkpoint that plain transformers loads.
+cache; export merges a chain of runs into a checkpoint that plain transformers loads; an adapter-only
+export is refused for a stage on another run's adapter and loads onto its named base otherwise.
 """
 
 from __future__ import annotations
@@ -196,6 +197,69 @@ def test_export_merges_chain_into_plain_checkpoint(tmp_path, tiny_ckpt, pairs_fi
         sft_only = load_model(str(sft_run))(ids).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert (got - sft_only).abs().max() > 1e-4 and (sft_only - base).abs().max() > 1e-4  # both stages count
+
+
+def test_unmerged_export_of_a_stage_on_an_adapter_run_is_refused(tmp_path, tiny_ckpt, pairs_file):
+    """SFT (LoRA) -> DPO (LoRA): the DPO adapter's adapter_config.json names the root model, so an
+    adapter-only export would load onto the wrong base; it is refused (pointing to --merge) and
+    nothing is written. A stage on a fully fine-tuned run exports alone and loads onto that run."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.errors import UserError
+    from alignkit.export import export
+    from alignkit.models import load_model
+
+    sft_run = train(make_cfg(tmp_path, tiny_ckpt, pairs_file, "sft").model_copy(update={"method": "sft"}),
+                    console=lambda *_: None)
+    dpo = make_cfg(tmp_path, tiny_ckpt, pairs_file, "dpo")
+    dpo.model.name_or_path = str(sft_run)
+    dpo_run = train(dpo, console=lambda *_: None)
+    # what the user saw: the adapter names the root checkpoint, not the SFT stage
+    named = json.loads((dpo_run / "final" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(named).resolve() == Path(tiny_ckpt).resolve()
+    with pytest.raises(UserError, match="--merge") as err:
+        export(dpo_run, tmp_path / "adapter", merge=False)
+    assert str(sft_run) in str(err.value) and err.value.where == str(dpo_run)
+    assert not (tmp_path / "adapter").exists() and not (tmp_path / ".tmp-adapter").exists()
+
+    full_sft = make_cfg(tmp_path, tiny_ckpt, pairs_file, "full-sft").model_copy(update={"method": "sft"})
+    full_sft.model.lora.enabled = False
+    full_run = train(full_sft, console=lambda *_: None)
+    on_full = make_cfg(tmp_path, tiny_ckpt, pairs_file, "on-full")
+    on_full.model.name_or_path = str(full_run)
+    on_full_run = train(on_full, console=lambda *_: None)
+    out = export(on_full_run, tmp_path / "adapter-on-full", merge=False)
+    named = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(named).resolve() == (full_run / "final").resolve()
+    ids = torch.tensor([[1, 5, 9, 200, 3000]])
+    with torch.no_grad():
+        got = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(named), out)(ids).logits
+        want = load_model(str(on_full_run))(ids).logits
+        root = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_ckpt), out)(ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (root - want).abs().max() > 1e-4  # the base matters: the root model would give another one
+
+
+def test_unmerged_export_of_a_single_stage_loads_onto_the_named_base(tmp_path, tiny_ckpt, pairs_file):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.export import export
+    from alignkit.models import load_model
+
+    run = train(make_cfg(tmp_path, tiny_ckpt, pairs_file, "one"), console=lambda *_: None)
+    out = export(run, tmp_path / "adapter", merge=False)
+    named = json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert Path(named).resolve() == Path(tiny_ckpt).resolve()
+    assert (out / "base_model.txt").read_text().splitlines()[0] == str(Path(tiny_ckpt).resolve())
+    ids = torch.tensor([[1, 5, 9, 200, 3000]])
+    with torch.no_grad():
+        got = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(named), out)(ids).logits
+        want = load_model(str(run))(ids).logits
+        base = load_model(str(tiny_ckpt))(ids).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert (want - base).abs().max() > 1e-4  # the adapter is not a no-op
 
 
 def test_final_eval_scores_the_split_training_held_out(tmp_path, tiny_ckpt, pairs_file):

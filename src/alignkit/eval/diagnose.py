@@ -55,7 +55,7 @@ TRAIN_ACC_HIGH = 0.95
 EVAL_ACC_GAP = 0.15
 """... when the eval accuracy is at least this much lower."""
 CHOSEN_LOGP_DROP = 5.0
-"""Chosen log-probs falling more than this (nats/sequence) below the reference or their start."""
+"""Chosen log-probs falling more than this (nats/sequence) below the reference's on the same rows."""
 VERBOSITY_RATIO = 1.5
 """Mean response length after / before above this is verbosity drift."""
 KL_MAX = 10.0
@@ -277,25 +277,52 @@ def check_overfitting(run: _Run) -> list[Finding]:
                     {"train_accuracy": train_acc, "eval_accuracy": eval_acc})]
 
 
+REFERENCE_REWARD_METHODS = ("dpo", "ipo", "hinge", "robust", "rpo", "kto")
+"""Methods whose logged ``rewards/chosen`` is ``beta * (policy - reference)`` chosen log-prob on the
+step's own rows (the losses with ``needs_reference`` in `alignkit.losses.LOSSES`; a test pins it).
+SimPO/CPO/ORPO log rewards of the policy alone, the reward model its scores."""
+
+
 def check_likelihood_displacement(run: _Run) -> list[Finding]:
+    """Chosen log-probs falling below the reference's, always compared on the same rows.
+
+    Raw training ``logps/chosen`` are never compared across steps: each step is another batch, and
+    batches with longer answers have lower log-probs (a 4-step run "fell" 22 nats while its
+    rewards/chosen rose every step). The evidence is (a) metrics.json, policy vs reference on the same
+    held-out pairs; (b) the training log's implicit reward, ``rewards/chosen / beta`` = policy minus
+    reference log-prob of the same batch, last quarter of steps; (c) in-training eval rows, which score
+    the same held-out pairs each time (first vs last row).
+    """
     parts, numbers = [], {}
     policy, ref = _num(run.after.get("logps/chosen")), _num(run.after.get("ref_logps/chosen"))
     if ref is None:
         ref = _num(run.before.get("logps/chosen"))
     if policy is not None and ref is not None and ref - policy > CHOSEN_LOGP_DROP:
         numbers.update({"logps/chosen": policy, "ref_logps/chosen": ref})
-        parts.append(f"policy logps/chosen {_g(policy)} vs reference {_g(ref)} (down {_g(ref - policy)} nats)")
-    logps = _series(run.train, "logps/chosen")
-    if len(logps) >= 4:
-        start, end = _mean(_quarter(logps, last=False)), _mean(_quarter(logps))
+        parts.append(f"held-out policy logps/chosen {_g(policy)} vs reference {_g(ref)} on the same pairs "
+                     f"(down {_g(ref - policy)} nats)")
+    beta = _num(run.cfg("train", "beta", 0.1))
+    rewards = _series(run.train, "rewards/chosen")
+    if run.method in REFERENCE_REWARD_METHODS and rewards and beta:
+        last = _mean(_quarter(rewards))
+        delta = last / beta
+        if -delta > CHOSEN_LOGP_DROP:
+            numbers.update({"rewards_chosen_last_quarter": last, "logps_delta_chosen_train": delta})
+            parts.append(f"training rewards/chosen {_g(last)} on the last quarter of steps: with beta {_g(beta)} "
+                         f"the chosen log-prob is {_g(-delta)} nats below the reference's on the same batches")
+    evals = [r for r in run.evals if _num(r.get("eval/logps/chosen")) is not None]
+    if len(evals) >= 2:
+        first, last_row = evals[0], evals[-1]
+        start, end = _num(first["eval/logps/chosen"]), _num(last_row["eval/logps/chosen"])
         if start - end > CHOSEN_LOGP_DROP:
-            numbers.update({"logps_chosen_start": start, "logps_chosen_end": end})
-            parts.append(f"training logps/chosen fell from {_g(start)} to {_g(end)} (first vs last quarter)")
+            numbers.update({"eval_logps_chosen_first": start, "eval_logps_chosen_last": end})
+            parts.append(f"held-out eval/logps/chosen fell from {_g(start)} (step {first.get('step')}) to "
+                         f"{_g(end)} (step {last_row.get('step')}) on the same pairs")
     if not parts:
         return []
     return [Finding("likelihood_displacement", "warning",
-                    "; ".join(parts) + f" (threshold {CHOSEN_LOGP_DROP:g} nats): the chosen answers become "
-                    "less likely even as the margin grows", [
+                    "; ".join(parts) + f" (threshold {CHOSEN_LOGP_DROP:g} nats): the chosen answers became "
+                    "less likely than under the reference", [
                         "add an NLL term: method=rpo train.rpo_alpha=1",
                         "raise train.beta",
                         "make rejected answers closer to the model's own failures (sample them from the model)"],

@@ -283,8 +283,29 @@ def _is_sft_model(arch: Arch, model_name: str | None, tokenizer) -> bool | None:
     return None
 
 
-# learning rates: LoRA / full fine-tuning (the usual ranges: DPO LoRA 5e-6..5e-5, full 5e-7..1e-6)
-_LR = {"dpo": (1e-5, 5e-7), "kto": (1e-5, 5e-7), "orpo": (2e-5, 8e-6), "sft": (1e-4, 1e-5), "ppo": (1e-5, 1e-6)}
+# Peak learning rates per method: (LoRA, where it comes from), (full fine-tuning, where it comes from).
+# A low-rank update starts at zero and moves few weights, so LoRA takes far larger rates than full
+# fine-tuning. The LoRA values are those of examples/task_api/<method>.yaml, measured on SmolLM2-135M
+# (README, "The demo" and "Every method"; issue 15 reported a margin of 0.01 after 4 steps with the
+# 1e-5 proposed before); larger models may want less. The full fine-tuning values are the published
+# recipes': DPO 5e-7 (Zephyr, Tunstall et al. 2023; the DPO paper used 1e-6), KTO the same as DPO.
+_LR = {
+    "dpo": ((2e-4, "examples/task_api/dpo.yaml and the demo's DPO stage"),
+            (5e-7, "the Zephyr DPO recipe; the DPO paper used 1e-6")),
+    "kto": ((5e-5, "examples/task_api/kto.yaml"), (5e-7, "as DPO (the Zephyr DPO recipe)")),
+    "orpo": ((2e-4, "examples/task_api/orpo.yaml: an SFT-like rate, its NLL term does SFT's job"),
+             (8e-6, "the order of ORPO's full fine-tuning runs")),
+    "sft": ((2e-4, "the QLoRA paper's rate for 7B-13B models (examples/task_api/sft.yaml uses 1e-3 on a 135M model)"),
+            (2e-5, "the Zephyr SFT recipe")),
+    "ppo": ((1e-4, "examples/task_api/ppo.yaml"), (1e-6, "a common full fine-tuning PPO rate")),
+}
+
+
+def learning_rate(method: str, lora: bool) -> tuple[float, str]:
+    """The peak learning rate the advisor proposes for `method`, and where it comes from."""
+    return _LR[method][0 if lora else 1]
+
+
 _BETA = {"dpo": (0.1, "the DPO paper's default; raise it (0.3-0.5) if the policy drifts too far"),
          "kto": (0.1, "the KTO paper's default"), "orpo": (0.1, "ORPO's lambda (odds-ratio weight), paper default"),
          "ppo": (0.05, "KL penalty coefficient toward the reference, a common PPO starting point"),
@@ -322,8 +343,8 @@ def _choose_method(stats: DataStats, sft_model: bool | None, online_feedback: bo
 
 def _size_run(arch: Arch, method: str, hw: Hardware, seq_len: int, prompt_len: int, effective: int,
               headroom: float = 0.9) -> tuple[PlanInput, object, list[str]]:
-    """The least intrusive settings that fit in `headroom` of the device: plain half-precision LoRA
-    first, then gradient checkpointing, then a 4-bit base; within each, the largest power-of-two
+    """The least intrusive settings that fit in `headroom` of the device: plain LoRA at the device's
+    precision first, then gradient checkpointing, then a 4-bit base; within each, the largest power-of-two
     micro-batch up to the effective batch. Without checkpointing a micro-batch below 4 is not accepted
     while checkpointing would allow a bigger one (recomputing costs ~30%, tiny batches cost more)."""
     options = [("none", False), ("none", True)] + ([("4bit", True)] if hw.supports_quantization else [])
@@ -388,7 +409,9 @@ def recommend(data: str | Path | DataStats, arch: str | Arch = "default", hardwa
         sft_model = _is_sft_model(model, model_name or model.name, tokenizer)
     method, reasons = _choose_method(stats, sft_model, online_feedback, ppo_fits, ppo_plan.total, hw)
     inp, plan, warnings = _size_run(model, method, hw, max_length, max_prompt, effective)
-    lr = _LR[method][0]
+    lora = True  # the advisor always proposes LoRA r=16 (see _size_run)
+    lr, lr_why = learning_rate(method, lora)
+    full_lr, full_why = learning_rate(method, lora=False)
     beta, beta_why = _BETA[method]
     epochs = 2 if stats.rows < 2000 else 1
     ref = {"dpo": "adapter", "kto": "adapter", "ppo": "adapter"}.get(method, "none")
@@ -397,7 +420,7 @@ def recommend(data: str | Path | DataStats, arch: str | Arch = "default", hardwa
         "output_dir": output_dir or f"runs/{method}",
         "model": {"name_or_path": name, "dtype": _DTYPE_NAMES[inp.dtype], "quantization": inp.quant,
                   "gradient_checkpointing": inp.grad_ckpt,
-                  "lora": {"enabled": True, "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": None}},
+                  "lora": {"enabled": lora, "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": None}},
         "data": {"train": stats.path, "eval": eval_path, "system_prompt_file": None,
                  "max_length": max_length, "max_prompt_length": max_prompt},
         "train": {"learning_rate": lr, "epochs": epochs, "micro_batch_size": inp.micro_batch,
@@ -409,27 +432,47 @@ def recommend(data: str | Path | DataStats, arch: str | Arch = "default", hardwa
     elif method != "sft":
         config["train"]["beta"] = beta
     p98 = f"98th percentile of {stats.rows} rows"
+    fits = plan.total <= 0.9 * hw.memory
+    precision = {"fp32": "fp32", "bf16": "bf16 (half-precision)", "fp16": "fp16 (half-precision)"}[inp.dtype]
+    rounded = _round_up(stats.total[98])
+    length_why = (f"{p98}: prompt + longer answer = {stats.total[98]} tokens, rounded up to a multiple of 64 = "
+                  f"{max_length}" if max_length == rounded else
+                  f"{p98}: prompt + longer answer = {stats.total[98]} tokens, capped at the model's context of "
+                  f"{max_length}")
+    prompt_why = (f"{p98}: prompt = {stats.prompt[98]} tokens, rounded up to a multiple of 64 = {max_prompt}"
+                  if max_prompt == _round_up(stats.prompt[98]) else
+                  f"{p98}: prompt = {stats.prompt[98]} tokens, capped at {max_prompt} to leave "
+                  f"{max_length - max_prompt} of {max_length} for the answer")
+    if inp.quant == "4bit":
+        quant_why = f"4-bit NF4 base (QLoRA): the {precision} base does not fit"
+    elif fits:
+        quant_why = f"none: the {precision} base fits, no need to approximate it"
+    else:
+        quant_why = f"none: 4-bit is not available on {hw.name}, and the {precision} base does not fit (see the warning)"
     comments = {
         "method": "; ".join(reasons),
         "model.name_or_path": f"{model.name}, {model.n_params / 1e9:.2f}B parameters",
         "model.dtype": f"{hw.name}: " + ("no bf16 support (pre-Ampere), so fp16" if inp.dtype == "fp16" else
                                          "bf16 where supported" if inp.dtype == "bf16" else "CPU trains in fp32"),
-        "model.quantization": "4-bit NF4 base (QLoRA): the half-precision base does not fit" if inp.quant == "4bit"
-        else "the half-precision base fits, no need to approximate it",
+        "model.quantization": quant_why,
         "model.gradient_checkpointing": "needed to fit the activations" if inp.grad_ckpt else "off: fits without (saves ~30% compute)",
         "model.lora.r": "rank 16: alignment changes behaviour, not knowledge; small ranks suffice",
         "model.lora.alpha": "2 x r, the usual scale",
-        "model.lora.dropout": "0: beta already regularizes, and dropout keeps an extra copy of each adapted input",
+        "model.lora.dropout": "0: dropout keeps an extra copy of each adapted input"
+                              + (", and beta already regularizes" if "beta" in config["train"] else ""),
         "model.lora.target_modules": "null = all attention and MLP projections",
-        "data.eval": "null: a share of the training prompts is held out",
+        "data.eval": f"held-out file {eval_path}" if eval_path else "null: a share of the training prompts is held out",
         "data.system_prompt_file": "none: rows carry their own system messages, if any",
-        "data.max_length": f"{p98}: prompt + longer answer = {stats.total[98]} tokens, rounded up to 64",
-        "data.max_prompt_length": f"{p98}: prompt = {stats.prompt[98]} tokens",
+        "data.max_length": length_why,
+        "data.max_prompt_length": prompt_why,
         "train.beta": beta_why, "train.orpo_lambda": beta_why,
-        "train.learning_rate": f"{method} with LoRA: adapters need a larger rate than full fine-tuning "
-                               f"(full would be ~{_LR[method][1]:g})",
+        "train.learning_rate": f"{lr:g} for {method} with " + ("LoRA" if lora else "full fine-tuning")
+                               + f", from {lr_why}" + (f"; full fine-tuning would use ~{full_lr:g} ({full_why})"
+                                                       if lora else ""),
         "train.epochs": f"{stats.rows} rows: " + ("small data, two passes" if epochs == 2 else "one pass; more overfits"),
-        "train.micro_batch_size": f"largest that fits: predicted peak {gib(plan.total)} of {gib(hw.memory)}",
+        "train.micro_batch_size": (f"largest that fits: predicted peak {gib(plan.total)} of {gib(hw.memory)}"
+                                   if fits else f"the smallest: predicted peak {gib(plan.total)} of "
+                                                f"{gib(hw.memory)} does not fit"),
         "train.gradient_accumulation_steps": f"effective batch {inp.micro_batch * inp.grad_accum} for {stats.rows} rows",
         "train.reference": "the base with LoRA switched off: no second model in memory" if ref == "adapter"
         else f"{method} needs no reference model",
