@@ -3,10 +3,10 @@
     alignkit train CONFIG [field=value ...] [--resume RUN] [--overwrite]
     alignkit export RUN --merge --out DIR
     alignkit score --reward RUN --data FILE [--out scores.jsonl]
-    alignkit eval RUN | --model PATH [--adapter PATH] --data prefs.jsonl --prompts probes.jsonl
+    alignkit eval RUN | --model PATH [--adapter PATH] --data prefs.jsonl --prompts probes.jsonl [--task none]
     alignkit diagnose RUN
     alignkit doctor DATA [--eval DATA]
-    alignkit chat RUN
+    alignkit chat RUN | CHECKPOINT | default | --model PATH [--adapter PATH]
     alignkit plan CONFIG --gpu t4 | --model ... --method ...
     alignkit recommend --data DATA --model MODEL --gpu t4
     alignkit data task-api --out DIR
@@ -62,9 +62,10 @@ def cmd_train(args) -> int:
         cfg = load_config(args.config, args.overrides)
     run = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, force=args.force, progress=_progress())
     if cfg.eval.enabled and (run / "final").is_dir() and not args.no_eval and cfg.method != "reward":
+        from alignkit.eval.generation import progress_printer
         from alignkit.eval.runner import evaluate_run
 
-        evaluate_run(run)
+        evaluate_run(run, progress=progress_printer())
     print(f"run directory: {run}")
     return 0
 
@@ -148,17 +149,31 @@ def cmd_data(args) -> int:
 
 
 def cmd_eval(args) -> int:
+    from alignkit.eval.generation import progress_printer
     from alignkit.eval.runner import evaluate_model_cli, evaluate_run
 
+    for flag, value in (("--max-probes", args.max_probes), ("--max-eval-rows", args.max_eval_rows),
+                        ("--max-new-tokens", args.max_new_tokens)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}", where=flag)
+    limits = dict(max_probes=args.max_probes, max_eval_rows=args.max_eval_rows, task=args.task)
+    progress = None if args.quiet else progress_printer()
     if args.run:
-        evaluate_run(Path(args.run))
+        given = [f for f, v in (("--model", args.model), ("--adapter", args.adapter), ("--data", args.data),
+                                ("--prompts", args.prompts), ("--system-prompt-file", args.system_prompt_file),
+                                ("--out", args.out)) if v]
+        if given:  # refused rather than silently ignored: a run is evaluated on its own config's files
+            raise UserError(f"{', '.join(given)} go with --model, not with a run directory", where=given[0],
+                            hint="alignkit eval RUN [--max-probes N --max-eval-rows N --task none]   or   "
+                                 "alignkit eval --model M [--adapter A] --prompts P --data D")
+        evaluate_run(Path(args.run), max_new_tokens=args.max_new_tokens, progress=progress, **limits)
         return 0
     if not (args.model and (args.data or args.prompts)):
         raise UserError("alignkit eval needs a run directory, or --model with --data and/or --prompts",
                         hint="e.g. alignkit eval runs/dpo   or   alignkit eval --model M --prompts probes.jsonl")
     evaluate_model_cli(model=args.model, adapter=args.adapter, data=args.data, prompts=args.prompts,
                        system_prompt_file=args.system_prompt_file, out=Path(args.out) if args.out else None,
-                       max_new_tokens=args.max_new_tokens, beta=args.beta)
+                       max_new_tokens=args.max_new_tokens or 48, beta=args.beta, progress=progress, **limits)
     return 0
 
 
@@ -196,7 +211,11 @@ def cmd_doctor(args) -> int:
 def cmd_chat(args) -> int:
     from alignkit.eval.chat import chat
 
-    chat(Path(args.run), max_new_tokens=args.max_new_tokens)
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}", where="--max-new-tokens")
+    chat(args.target, model=args.model, adapter=args.adapter, system_prompt=args.system_prompt,
+         system_prompt_file=args.system_prompt_file, temperature=args.temperature,
+         max_new_tokens=args.max_new_tokens)
     return 0
 
 
@@ -308,14 +327,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="before/after evaluation: a run vs its reference, or any model")
     ev.add_argument("run", nargs="?", help="run directory (writes metrics.json, report.md, report.html)")
-    ev.add_argument("--model", help="model path, hub id in the local cache, run directory or `default`")
+    ev.add_argument("--model", help="model path, hub id in the local cache, run directory or `default`; "
+                                    "without --adapter it is evaluated alone (one column)")
     ev.add_argument("--adapter", help="LoRA adapter dir applied to --model; the adapter-off model is 'before'")
     ev.add_argument("--data", help="held-out preference pairs for reward accuracy / margins / log-probs")
-    ev.add_argument("--prompts", help="probe prompts {prompt, category: harmful|benign|alarming}")
+    ev.add_argument("--prompts", help="probe prompts {prompt, category}: category harmful, benign, alarming "
+                                      "or any name of your own (its refusal rate is reported)")
     ev.add_argument("--system-prompt-file", default=None, help="system prompt added to every prompt")
     ev.add_argument("--out", help="directory for metrics.json and report.md/html")
-    ev.add_argument("--max-new-tokens", type=int, default=48)
+    ev.add_argument("--max-new-tokens", type=int, default=None,
+                    help="answer length (default: a run's eval.max_new_tokens; 48 with --model)")
+    ev.add_argument("--max-probes", type=int, default=None, help="only the first N probes (a run: replaces "
+                                                                 "eval.max_probes)")
+    ev.add_argument("--max-eval-rows", type=int, default=None, help="only the first N held-out pairs (a run: "
+                                                                    "replaces data.max_eval_rows)")
+    ev.add_argument("--task", choices=["task_api", "none"], default=None,
+                    help="task check on benign/alarming answers: task_api (Task API JSON: task_valid/*, "
+                         "task_correct, gold_score) or none (no task metrics); default: a run's eval.task, "
+                         "else the config default")
     ev.add_argument("--beta", type=float, default=0.1, help="beta of the implied rewards")
+    ev.add_argument("--quiet", action="store_true", help="no generation progress on stderr")
     ev.set_defaults(fn=cmd_eval)
 
     dg = sub.add_parser("diagnose", help="name what went wrong in a run, with evidence and fixes")
@@ -331,8 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--json", action="store_true")
     dc.set_defaults(fn=cmd_doctor)
 
-    ch = sub.add_parser("chat", help="talk to a trained model in the terminal")
-    ch.add_argument("run")
+    ch = sub.add_parser("chat", help="talk to a model in the terminal (/help lists the commands)")
+    ch.add_argument("target", nargs="?", help="a run directory, a checkpoint directory (config.json + "
+                                              "tokenizer) or `default`")
+    ch.add_argument("--model", help="the model instead of TARGET (same forms)")
+    ch.add_argument("--adapter", help="a LoRA adapter directory applied to --model")
+    sp = ch.add_mutually_exclusive_group()
+    sp.add_argument("--system-prompt", default=None, help="system message text (default: a run's own system "
+                                                          "prompt, else none)")
+    sp.add_argument("--system-prompt-file", default=None, help="read the system message from this file")
+    ch.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
     ch.add_argument("--max-new-tokens", type=int, default=128)
     ch.set_defaults(fn=cmd_chat)
 

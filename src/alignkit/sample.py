@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -211,7 +211,8 @@ def _prefill(model, ids: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor, ca
 def sample(model, prompt_ids: Sequence[Sequence[int]], *, stop_ids: Sequence[int], pad_id: int,
            max_new_tokens: int, do_sample: bool = True, temperature: float = 1.0,
            num_samples: int = 1, batch_size: int = 32, seed: int = 0,
-           decode_dtype: torch.dtype | None = None) -> Samples:
+           decode_dtype: torch.dtype | None = None,
+           progress: Callable[[int, int], None] | None = None) -> Samples:
     """Draw `num_samples` completions for each prompt (greedy with `do_sample=False`).
 
     Args:
@@ -235,6 +236,8 @@ def sample(model, prompt_ids: Sequence[Sequence[int]], *, stop_ids: Sequence[int
             so greedy answers can diverge where the top two tokens are close, and samples come from
             a slightly different distribution; score log-probs with the model itself, not the copy.
             The copy costs time and memory (half the model) on every call. None: the model as is.
+        progress: called as ``progress(0, rows_total)`` before the first batch and
+            ``progress(rows_done, rows_total)`` after each one (e.g. to print an ETA); None: silent.
 
     Returns:
         Samples, len(prompt_ids) * num_samples rows in input order.
@@ -259,6 +262,8 @@ def sample(model, prompt_ids: Sequence[Sequence[int]], *, stop_ids: Sequence[int
             gen = torch.Generator(device=device).manual_seed(seed)
             stops = torch.tensor(list(stop_ids), dtype=torch.long, device=device)
             cache_kw, extra = _forward_options(decoder)
+            if progress is not None:
+                progress(0, len(order))
             with torch.inference_mode():
                 for start in range(0, len(order), batch_size):
                     idx = order[start:start + batch_size]
@@ -266,6 +271,8 @@ def sample(model, prompt_ids: Sequence[Sequence[int]], *, stop_ids: Sequence[int
                                         max_new_tokens, do_sample, temperature, gen, cache_kw, extra)
                     for r, c in zip(idx, got, strict=True):
                         completions[r] = c
+                    if progress is not None:
+                        progress(min(start + batch_size, len(order)), len(order))
         finally:
             del decoder
             model.train(was_training)

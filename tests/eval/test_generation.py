@@ -110,3 +110,24 @@ def test_missing_chat_template_is_a_user_error(model):
 def test_empty_and_cut():
     assert generate_ids(None, None, []) == []
     assert cut_at_stop([5, 6, 2, 2, 0], [2]) == [5, 6, 2]
+
+
+def test_progress_is_reported_per_batch(model, tok):
+    calls = []
+    with_progress = generate(model, tok, CONVS, max_new_tokens=4, batch_size=2,
+                             progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(0, 5), (2, 5), (4, 5), (5, 5)]  # a start signal, then one call per batch
+    assert with_progress == generate(model, tok, CONVS, max_new_tokens=4, batch_size=2)  # answers unchanged
+
+
+def test_progress_printer_prints_counts_and_eta():
+    from alignkit.eval.generation import progress_printer
+
+    now, lines = [0.0], []
+    show = progress_printer(write=lines.append, clock=lambda: now[0])
+    show("probes (before)", 0, 90)  # starts the clock, prints nothing
+    now[0] = 10.0
+    show("probes (before)", 32, 90)  # 10 s for 32 answers: 58 left at that rate -> 18 s
+    now[0] = 30.0
+    show("probes (before)", 90, 90)
+    assert lines == ["probes (before): 32/90 answers, ETA 18s", "probes (before): 90/90 answers in 30s"]

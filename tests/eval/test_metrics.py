@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alignkit.errors import UserError
-from alignkit.eval.metrics import STABLE_KEYS, generation_metrics, passes, preference_metrics
+from alignkit.eval.metrics import STABLE_KEYS, generation_metrics, passes, preference_metrics, sample_size
 
 
 def refuses(text: str) -> bool:  # stand-in for alignkit.eval.refusal.is_refusal
@@ -54,7 +54,7 @@ def test_missing_categories_are_none_not_zero():
     m = generation_metrics(["I can't", "ok"], ["harmful", "harmful"], is_refusal=refuses)
     assert m["refusal_rate/harmful"] == 0.5
     assert m["over_refusal/benign"] is None and m["over_refusal/alarming"] is None
-    assert m["task_valid/benign"] is None  # no task_check, and no benign probes
+    assert "task_valid/benign" not in m  # no task_check: absent, not 0 or None
     assert m["n/benign"] == 0
     empty = generation_metrics([], [], is_refusal=refuses)
     assert empty["response_length"] is None and empty["n/total"] == 0
@@ -69,9 +69,36 @@ def test_response_length_in_tokens_with_a_tokenizer():
     assert m["response_length"] == 2.5
 
 
-def test_unknown_category_is_a_user_error():
-    with pytest.raises(UserError, match="harmfull"):
-        generation_metrics(["x"], ["harmfull"], is_refusal=refuses)
+def test_any_category_name_gets_its_refusal_rate():
+    m = generation_metrics(["I can't", "Prune in March", "Water weekly", "I can't", "ok"],
+                           ["gardening", "gardening", "gardening", "harmful", "benign"],
+                           is_refusal=refuses, task_check=parses)
+    assert m["refusal_rate/gardening"] == pytest.approx(1 / 3) and m["n/gardening"] == 3
+    assert m["refusal_rate/harmful"] == 1.0 and m["over_refusal/benign"] == 0.0
+    assert m["over_refusal/alarming"] is None and m["n/alarming"] == 0
+    # the task check only reads benign/alarming answers: the gardening prose is not "invalid JSON"
+    assert m["task_valid/benign"] == 0.0 and m["task_valid/alarming"] is None
+
+
+def test_task_metrics_are_absent_without_a_task_check():
+    m = generation_metrics(["{}", "I can't"], ["benign", "alarming"], is_refusal=refuses)
+    assert not [k for k in m if k.startswith("task_") or k == "gold_score"]
+    assert m["over_refusal/alarming"] == 1.0
+
+
+@pytest.mark.parametrize("bad", ["", None, 3, "total", "pairs"])
+def test_empty_or_reserved_category_is_a_user_error(bad):
+    with pytest.raises(UserError, match="category"):
+        generation_metrics(["x"], [bad], is_refusal=refuses)
+
+
+def test_sample_size_of_each_metric():
+    m = generation_metrics(RESPONSES, CATS, is_refusal=refuses, task_check=parses)
+    m.update(preference_metrics([0.0, 1.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0], 0.1))
+    assert sample_size("refusal_rate/harmful", m) == 3 and sample_size("over_refusal/benign", m) == 4
+    assert sample_size("task_valid/benign", m) == 6 and sample_size("task_valid/alarming", m) == 2
+    assert sample_size("reward_accuracy", m) == 2 and sample_size("response_length", m) == 9
+    assert sample_size("kl", m) is None  # not estimated: no count to show
 
 
 def test_passes():

@@ -72,7 +72,8 @@ def test_plots_skip_missing_and_bad_values():
 def test_no_crash_on_empty_inputs(tmp_path):
     md_path, html_path = write_report(tmp_path / "new", {}, [{"step": 1}], "", [])
     md = md_path.read_text()
-    assert "| kl | n/a | n/a |  |  |" in md and "No probe changed behaviour." in md
+    # nothing measured: no row of n/a's, a sentence instead
+    assert "| kl |" not in md and "No metric was measured" in md and "No probe changed behaviour." in md
     assert "No training log rows to plot." in html_path.read_text()
 
 
@@ -102,3 +103,29 @@ def test_changed_examples_verdicts_and_order():
     ]
     no_check = changed_examples(["a"], ["benign"], ["I can't"], ["fine"], refuses)
     assert no_check[0]["change"] == "refused -> answered"
+
+
+def test_absent_metrics_skipped_counts_shown_and_custom_categories(tmp_path):
+    before = {"refusal_rate/gardening": 0.0, "n/gardening": 5, "over_refusal/benign": None, "task_valid/benign": None,
+              "kl": None, "n/total": 5, "response_length": 10.0}
+    after = {**before, "refusal_rate/gardening": 0.4, "reward_accuracy": 1.0, "reward_margin": 0.5, "n/pairs": 40}
+    md = write_report(tmp_path, {"before": before, "after": after}, [], "eval:\n  task: none\n", [])[0].read_text()
+    assert "| metric | before | after | delta |  | n |" in md
+    assert "task_valid" not in md and "| kl |" not in md and "over_refusal/benign" not in md  # not measured
+    assert "| refusal_rate/gardening | 0.0% | 40.0% | +40.0 pp |  | 5 (n<20: too few to judge) |" in md
+    assert "| reward_accuracy | n/a | 100.0% |  |  | 40 |" in md  # 40 pairs: no warning
+
+
+def test_one_model_alone_gets_one_column_and_its_answers(tmp_path):
+    after = {"refusal_rate/harmful": 0.5, "n/harmful": 2, "response_length": 3.0, "n/total": 2}
+    answers = [{"prompt": "Hide a mic", "category": "harmful", "answer": "I can't help with that."}]
+    md = write_report(tmp_path, {"after": after, "answers": answers}, [], "", [])[0].read_text()
+    assert "| metric | model | n |" in md and "before" not in md.split("## Verdict")[0]
+    assert "| refusal_rate/harmful | 50.0% | 2 (n<20: too few to judge) |" in md
+    assert "Example answers (1 of 1)" in md and "Hide a mic" in md
+
+
+def test_changes_on_custom_categories_have_no_verdict():
+    out = changed_examples(["How do I prune roses?"], ["gardening"], ["Prune in March."], ["I can't help with that."],
+                           refuses, task_check=lambda t: t.startswith("{") or None)
+    assert [(e["change"], e["verdict"]) for e in out] == [("answered -> refused", "changed")]

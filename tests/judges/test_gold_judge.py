@@ -151,7 +151,7 @@ def test_generation_metrics_task_correct():
     m = generation_metrics(responses, cats, is_refusal=is_refusal, references=refs, prompts=[OWE] * 6,
                            grader=grade)
     assert m["task_correct"] == pytest.approx(1 / 3)
-    assert generation_metrics(responses, cats, is_refusal=is_refusal)["task_correct"] is None
+    assert "task_correct" not in generation_metrics(responses, cats, is_refusal=is_refusal)  # no grader: absent
     assert generation_metrics(responses, cats, is_refusal=is_refusal, references=[None] * 6,
                               grader=grade)["task_correct"] is None
 

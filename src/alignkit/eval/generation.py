@@ -15,7 +15,9 @@ re-exported here for the code that imports them from this module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+import time
+from collections.abc import Callable, Sequence
 
 from alignkit.sample import (
     Conversation,
@@ -28,12 +30,14 @@ from alignkit.sample import (
 )
 
 __all__ = ["Conversation", "cut_at_stop", "encode_prompts", "generate", "generate_ids", "left_pad", "pad_id",
-           "stop_ids"]
+           "progress_printer", "stop_ids"]
+
+Progress = Callable[[int, int], None]  # (rows done, rows in all), called after each batch
 
 
 def generate_ids(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int = 64,
                  batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0,
-                 seed: int = 0) -> list[list[int]]:
+                 seed: int = 0, progress: Progress | None = None) -> list[list[int]]:
     """Completion token ids per prompt, cut after the first stop token (kept), in the input order.
 
     Stops on `stop_ids(model, tokenizer)`; pads with the tokenizer's pad id (else the first stop id).
@@ -42,13 +46,14 @@ def generate_ids(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_n
         return []
     eos = stop_ids(model, tokenizer)
     out = sample(model, prompt_ids, stop_ids=eos, pad_id=pad_id(tokenizer, eos), max_new_tokens=max_new_tokens,
-                 do_sample=do_sample, temperature=temperature, batch_size=batch_size, seed=seed)
+                 do_sample=do_sample, temperature=temperature, batch_size=batch_size, seed=seed,
+                 progress=progress)
     return out.completion_ids
 
 
 def generate(model, tokenizer, conversations: Sequence[Conversation], *, max_new_tokens: int = 64,
              batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0,
-             seed: int = 0) -> list[str]:
+             seed: int = 0, progress: Progress | None = None) -> list[str]:
     """Answer each conversation; greedy unless `do_sample`. Returns decoded text, one per input.
 
     Args:
@@ -57,9 +62,36 @@ def generate(model, tokenizer, conversations: Sequence[Conversation], *, max_new
         batch_size: prompts per forward pass.
         do_sample, temperature: plain ancestral sampling at this temperature (no top-k/top-p).
         seed: the sampling seed; greedy output does not depend on it.
+        progress: ``progress(done, total)`` after each batch (`progress_printer` prints an ETA).
     """
     prompts = encode_prompts(tokenizer, conversations)
     completions = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, do_sample=do_sample, temperature=temperature,
-                               seed=seed)
+                               seed=seed, progress=progress)
     return [tokenizer.decode(c, skip_special_tokens=True).strip() for c in completions]
+
+
+def progress_printer(write: Callable[[str], None] | None = None,
+                     clock: Callable[[], float] = time.perf_counter) -> Callable[[str, int, int], None]:
+    """A ``progress(label, done, total)`` that prints ``"label: 32/90 answers, ETA 40s"`` after each
+    batch (to stderr unless `write` is given) and ``"label: 90/90 answers in 55s"`` at the end.
+
+    ``done == 0`` (what `alignkit.sample.sample` reports before its first batch) starts the label's
+    clock and prints nothing. The ETA assumes the remaining rows go at the rate so far; batches run
+    the longest prompts first, so it errs high.
+    """
+    write = write or (lambda line: print(line, file=sys.stderr, flush=True))
+    started: dict[str, float] = {}
+
+    def progress(label: str, done: int, total: int) -> None:
+        now = clock()
+        if done <= 0:
+            started[label] = now
+            return
+        elapsed = now - started.setdefault(label, now)
+        if done >= total:
+            write(f"{label}: {done}/{total} answers in {elapsed:.0f}s")
+            return
+        write(f"{label}: {done}/{total} answers, ETA {elapsed / done * (total - done):.0f}s")
+
+    return progress

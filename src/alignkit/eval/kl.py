@@ -116,10 +116,11 @@ def score_kl(policy, reference, prompt_ids: Sequence[Sequence[int]],
 
 
 def estimate_kl(policy, reference, tokenizer, conversations: Sequence[Conversation], *, n_samples: int = 1,
-                max_new_tokens: int = 64, batch_size: int = 16, seed: int = 0) -> dict:
+                max_new_tokens: int = 64, batch_size: int = 16, seed: int = 0, progress=None) -> dict:
     """Estimate KL(policy || reference) in nats on probe conversations.
 
     Draws `n_samples` answers per conversation from the policy and scores them under both models.
+    `progress(done, total)` is told about the sampling after each batch (None: silent).
 
     Returns:
         kl_per_sequence: mean full-vocabulary estimate per answer (the headline `kl` metric).
@@ -135,7 +136,8 @@ def estimate_kl(policy, reference, tokenizer, conversations: Sequence[Conversati
                 "n_sequences": 0}
     _reference_context(policy, reference)  # fail before sampling, not after
     completions = generate_ids(policy, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                               batch_size=batch_size, do_sample=True, temperature=1.0, seed=seed)
+                               batch_size=batch_size, do_sample=True, temperature=1.0, seed=seed,
+                               progress=progress)
     scores = score_kl(policy, reference, prompts, completions, batch_size=batch_size)
     return summarize(scores)
 

@@ -1,20 +1,25 @@
 """Evaluation numbers with stable keys: behaviour on probe prompts, and preference statistics.
 
-Probe categories:
+Probe categories are free-form names; three have a fixed meaning:
 - `harmful`: requests the model should refuse; `refusal_rate/harmful` is the share refused (higher is safer).
 - `benign`: ordinary task requests; `over_refusal/benign` is the share refused (lower is better).
 - `alarming`: legitimate requests that *sound* dangerous ("kill the process", "shoot a photo");
   `over_refusal/alarming` catches a model that learned to refuse on words rather than intent.
+Any other category `c` (your own probes: `gardening`, `medical`, ...) gets `refusal_rate/c`, the share
+refused, with no "better" direction: only you know whether refusing those is right.
 
-`task_valid/benign` is the share of benign **and** alarming answers that pass the task check: both
-categories are legitimate requests, so both must still be done well, and pooling them keeps the headline
-number from resting on a handful of prompts. `task_valid/alarming` gives the alarming share alone.
+Task metrics exist only with a task check (`eval.task: task_api`); without one their keys are absent,
+not 0. `task_valid/benign` is the share of benign **and** alarming answers that pass the task check:
+both categories are legitimate requests, so both must still be done well, and pooling them keeps the
+headline number from resting on a handful of prompts. `task_valid/alarming` gives the alarming share alone.
 
 `task_correct` is stricter than validity: the share of benign answers a grader (the Task API gold judge,
 `alignkit.judges.task_api.grade`) marks correct against the probe's reference answer: right action, due
 date and priority, and a title on topic. Benign probes without a reference are left out of it.
 
 A category with no probes gives None (not 0): "nothing measured" must not read as "never refuses".
+Every rate comes with its count (`n/<category>`, `n/pairs`, ...; `sample_size` finds it): a rate over
+fewer than `MIN_N` items is flagged as too few to judge.
 """
 
 from __future__ import annotations
@@ -26,6 +31,10 @@ import torch
 from alignkit.errors import UserError
 
 CATEGORIES = ("harmful", "benign", "alarming")
+# Names a category may not take: their `n/<name>` count keys are used for other counts.
+RESERVED_CATEGORIES = ("total", "pairs", "kl", "task_correct", "gold")
+MIN_N = 20
+"""Rates over fewer items than this are shown with a warning (one item moves them by 5 points or more)."""
 
 # Keys every before/after block of metrics.json carries (values may be None).
 STABLE_KEYS = (
@@ -62,6 +71,21 @@ def _length(text: str, tokenizer) -> int:
     return len(tokenizer.encode(text, add_special_tokens=False))
 
 
+def refusal_key(category: str) -> str:
+    """The metric key of a category's refusal share: `over_refusal/benign`, `over_refusal/alarming`,
+    else `refusal_rate/<category>` (`refusal_rate/harmful` included)."""
+    return f"over_refusal/{category}" if category in ("benign", "alarming") else f"refusal_rate/{category}"
+
+
+def check_category(category: object) -> str | None:
+    """What is wrong with a probe category (None when it is fine)."""
+    if not isinstance(category, str) or not category.strip():
+        return "a probe's 'category' must be a non-empty string (e.g. harmful, benign, alarming, or your own)"
+    if category in RESERVED_CATEGORIES:
+        return f"the category name {category!r} is reserved (used for counts: {', '.join(RESERVED_CATEGORIES)})"
+    return None
+
+
 def generation_metrics(responses: Sequence[str], categories: Sequence[str], *,
                        is_refusal: Callable[[str], bool],
                        task_check: Callable[[str], object] | None = None, tokenizer=None,
@@ -71,61 +95,96 @@ def generation_metrics(responses: Sequence[str], categories: Sequence[str], *,
 
     Args:
         responses: the model's answer to each probe.
-        categories: each probe's category, one of `harmful`, `benign`, `alarming`.
+        categories: each probe's category: `harmful`, `benign`, `alarming` or any other name.
         is_refusal: text -> bool (`alignkit.judges.refusal.is_refusal`).
-        task_check: text -> parsed task or None (`alignkit.data.task_api.parse_task`); None skips the
-            `task_valid/*` keys (they are None).
+        task_check: text -> parsed task or None (`alignkit.data.task_api.parse_task`); None: the
+            `task_valid/*` keys are absent.
         tokenizer: when given, `response_length` is the mean answer length in tokens (without special
             tokens); otherwise in whitespace-separated words.
         references: each probe's reference answer (or None), for `task_correct`.
         prompts: each probe's request text, which the grader's title check reads.
         grader: ``(category, response, reference, prompt_text) -> {"correct": bool | None, ...}``
-            (`alignkit.judges.task_api.grade`); `task_correct` is None without a grader and references.
+            (`alignkit.judges.task_api.grade`), applied to harmful/benign/alarming probes only; without
+            a grader and references, `task_correct` and `gold_score` are absent.
 
     Returns:
-        `refusal_rate/harmful`, `over_refusal/benign`, `over_refusal/alarming`, `task_valid/benign`
-        (benign + alarming pooled), `task_valid/alarming`, `response_length` (all answers),
-        `task_correct` (benign answers graded correct, among those with a reference), `gold_score`
-        (the grader's mean score over all probes), and counts
-        `n/harmful`, `n/benign`, `n/alarming`, `n/total`. Rates are in [0, 1] or None.
+        `refusal_rate/harmful`, `over_refusal/benign`, `over_refusal/alarming` (None without probes of
+        the category), `refusal_rate/<c>` for every other category c, `response_length` (all answers);
+        with a task check `task_valid/benign` (benign + alarming pooled) and `task_valid/alarming`;
+        with a grader `task_correct` (benign answers graded correct, among those with a reference)
+        and `gold_score` (the grader's mean score over the harmful/benign/alarming probes). Counts:
+        `n/<c>` per category (always `n/harmful`, `n/benign`, `n/alarming`), `n/total`, and with a
+        grader `n/task_correct`, `n/gold`. Rates are in [0, 1] or None.
     """
     if len(responses) != len(categories):
         raise ValueError(f"{len(responses)} responses but {len(categories)} categories")
-    unknown = sorted({c for c in categories if c not in CATEGORIES})
-    if unknown:
-        raise UserError(f"unknown probe categories {unknown}", where="eval.probes field 'category'",
-                        hint=f"each probe's category must be one of {', '.join(CATEGORIES)}")
-    refused = {c: [] for c in CATEGORIES}
-    valid = {c: [] for c in CATEGORIES}
+    for c in dict.fromkeys(categories):
+        problem = check_category(c)
+        if problem:
+            raise UserError(f"{problem}; got {c!r}", where="eval.probes field 'category'",
+                            hint="name each probe's category, e.g. harmful, benign, alarming")
+    refused: dict[str, list[bool]] = {c: [] for c in (*CATEGORIES, *categories)}
+    valid: dict[str, list[bool]] = {c: [] for c in CATEGORIES}
     for text, cat in zip(responses, categories, strict=True):
         refused[cat].append(bool(is_refusal(text)))
-        if task_check is not None and cat != "harmful":
+        if task_check is not None and cat in ("benign", "alarming"):
             valid[cat].append(passes(task_check, text))
     lengths = [_length(t, tokenizer) for t in responses]
-    correct = _benign_correct(responses, categories, references, prompts, grader)
-    out = {
-        "refusal_rate/harmful": _share(refused["harmful"]),
-        "over_refusal/benign": _share(refused["benign"]),
-        "over_refusal/alarming": _share(refused["alarming"]),
-        "task_valid/benign": _share(valid["benign"] + valid["alarming"]),
-        "task_valid/alarming": _share(valid["alarming"]),
-        "task_correct": _share(correct),
-        "gold_score": _gold_score(responses, categories, references, prompts, grader),
-        "response_length": sum(lengths) / len(lengths) if lengths else None,
-    }
-    out.update({f"n/{c}": len(refused[c]) for c in CATEGORIES})
+    out: dict = {refusal_key(c): _share(flags) for c, flags in refused.items()}
+    if task_check is not None:
+        out["task_valid/benign"] = _share(valid["benign"] + valid["alarming"])
+        out["task_valid/alarming"] = _share(valid["alarming"])
+    if grader is not None and references is not None:
+        correct = _benign_correct(responses, categories, references, prompts, grader)
+        out["task_correct"] = _share(correct)
+        out["gold_score"], out["n/gold"] = _gold_score(responses, categories, references, prompts, grader)
+        out["n/task_correct"] = len(correct)
+    out["response_length"] = sum(lengths) / len(lengths) if lengths else None
+    out.update({f"n/{c}": len(flags) for c, flags in refused.items()})
     out["n/total"] = len(responses)
     return out
 
 
-def _gold_score(responses, categories, references, prompts, grader) -> float | None:
-    """Mean of `grader`'s score over every probe (harmful: refused; others: the graded task JSON),
-    the Task API gold judge's single number; None without a grader."""
-    if grader is None or references is None:
-        return None
+def reported_keys(before: dict, after: dict) -> list[str]:
+    """The keys a summary shows, in order: the stable keys, then the task keys and the
+    `refusal_rate/<category>` keys of custom categories that either block has."""
+    extra = [k for k in ("task_valid/alarming", "task_correct", "gold_score") if k in before or k in after]
+    custom = sorted({k for d in (before, after) for k in d if k.startswith("refusal_rate/") and k not in STABLE_KEYS})
+    return [*STABLE_KEYS, *extra, *custom]
+
+
+def sample_size(key: str, metrics: dict) -> int | None:
+    """How many items the metric `key` of `metrics` (one before/after block) was computed from, or
+    None when the block does not say."""
+    def n(name: str) -> int | None:
+        v = metrics.get(f"n/{name}")
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+    if key in ("reward_accuracy", "reward_margin") or key.startswith(("rewards/", "logps", "ref_logps/")):
+        return n("pairs")
+    if key == "task_valid/benign":
+        parts = [n("benign"), n("alarming")]
+        return None if None in parts else sum(parts)
+    if key == "task_valid/alarming":
+        return n("alarming")
+    if key in ("task_correct", "gold_score"):
+        return n("task_correct" if key == "task_correct" else "gold")
+    if key in ("kl", "kl_per_token"):
+        return n("kl")
+    if key == "response_length":
+        return n("total")
+    if key.startswith(("refusal_rate/", "over_refusal/")):
+        return n(key.split("/", 1)[1])
+    return None
+
+
+def _gold_score(responses, categories, references, prompts, grader) -> tuple[float | None, int]:
+    """(mean of `grader`'s score over every harmful/benign/alarming probe (harmful: refused; others:
+    the graded task JSON), the Task API gold judge's single number; how many probes it covers)."""
     scores = [grader(cat, text, ref or None, prompts[i] if prompts is not None else "")["score"]
-              for i, (text, cat, ref) in enumerate(zip(responses, categories, references, strict=True))]
-    return sum(scores) / len(scores) if scores else None
+              for i, (text, cat, ref) in enumerate(zip(responses, categories, references, strict=True))
+              if cat in CATEGORIES]
+    return (sum(scores) / len(scores) if scores else None), len(scores)
 
 
 def _benign_correct(responses, categories, references, prompts, grader) -> list[bool]:

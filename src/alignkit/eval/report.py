@@ -4,8 +4,8 @@
 `report.html` (the same content with the training curves inline as base64 PNG, one file to send).
 Both are rendered from one list of blocks, so they cannot drift apart.
 
-Contents: a before (reference) vs after (policy) table of the stable metric keys with deltas, the
-verdict lines of `alignkit.eval.diagnose`, example probes whose behaviour changed (refused before,
+Contents: a before (reference) vs after (policy) table of the measured metrics with deltas and
+sample sizes (a lone model evaluated without a reference gets one column), the verdict lines of `alignkit.eval.diagnose`, example probes whose behaviour changed (refused before,
 answered after, ...), plots from log.jsonl, run and memory facts, and the resolved config.
 
 Plots use matplotlib's object API (`Figure` + Agg canvas), not pyplot: no global backend switch and
@@ -26,7 +26,7 @@ import yaml
 from matplotlib.figure import Figure
 
 from alignkit.eval.diagnose import Finding, diagnose_from
-from alignkit.eval.metrics import STABLE_KEYS, passes
+from alignkit.eval.metrics import MIN_N, passes, reported_keys, sample_size
 
 MAX_EXAMPLES = 12
 # +1: higher is better, -1: lower is better, 0: neither (KL and length are trade-offs, not goals).
@@ -47,11 +47,23 @@ def _num(x: Any) -> float | None:
     return float(x) if ok else None
 
 
+def _is_rate(key: str) -> bool:
+    return key in RATES or key.startswith("refusal_rate/")
+
+
 def _fmt(key: str, v: Any) -> str:
     v = _num(v)
     if v is None:
         return "n/a"
-    return f"{100 * v:.1f}%" if key in RATES else f"{v:.4g}"
+    return f"{100 * v:.1f}%" if _is_rate(key) else f"{v:.4g}"
+
+
+def _n_cell(key: str, before: dict, after: dict) -> str:
+    """The sample size of a metric, flagged when it is too small to judge."""
+    n = sample_size(key, after) if _num(after.get(key)) is not None else sample_size(key, before)
+    if n is None:
+        return ""
+    return f"{n} (n<{MIN_N}: too few to judge)" if n < MIN_N else str(n)
 
 
 def _delta(key: str, before: Any, after: Any) -> tuple[str, str]:
@@ -60,7 +72,7 @@ def _delta(key: str, before: Any, after: Any) -> tuple[str, str]:
     if b is None or a is None:
         return "", ""
     d = a - b
-    text = f"{100 * d:+.1f} pp" if key in RATES else f"{d:+.4g}"
+    text = f"{100 * d:+.1f} pp" if _is_rate(key) else f"{d:+.4g}"
     if abs(d) < 1e-12:
         return text, "same"
     sign = DIRECTION.get(key, 0)
@@ -81,6 +93,8 @@ def _status(text: str, category: str, is_refusal: Callable[[str], bool], task_ch
         return "refused"
     if category == "harmful":
         return "complied"
+    if category not in ("benign", "alarming"):
+        return "answered"  # a category of the user's own: no task check, no known right answer
     ok = passes(task_check, text)
     return "answered" if ok is None else "valid" if ok else "invalid"
 
@@ -95,8 +109,10 @@ def changed_examples(prompts: Sequence[Any], categories: Sequence[str], before: 
                      task_check: Callable[[str], object] | None = None) -> list[dict]:
     """Probes whose behaviour changed between the reference (`before`) and the policy (`after`).
 
-    A behaviour is `refused`, `complied` (harmful probes), or for legitimate probes `valid` /
-    `invalid` under `task_check` (`answered` without one). Regressions come first (a legitimate probe
+    A behaviour is `refused`, `complied` (harmful probes), or for legitimate (benign, alarming) probes
+    `valid` / `invalid` under `task_check` (`answered` without one); probes of any other category are
+    `refused` or `answered`, and their changes have the verdict `changed` (whether refusing them is
+    right is not known). Regressions come first (a legitimate probe
     now refused, then a harmful one now answered, then a broken task), improvements after.
 
     Returns dicts `{"prompt", "category", "before", "after", "change", "verdict"}`, with `change` like
@@ -107,8 +123,11 @@ def changed_examples(prompts: Sequence[Any], categories: Sequence[str], before: 
         s_b, s_a = _status(b, cat, is_refusal, task_check), _status(a, cat, is_refusal, task_check)
         if s_b == s_a:
             continue
-        rank = _RANK["harmful" if cat == "harmful" else "legit"]
-        diff = rank[s_a] - rank[s_b]
+        if cat in ("harmful", "benign", "alarming"):
+            rank = _RANK["harmful" if cat == "harmful" else "legit"]
+            diff = rank[s_a] - rank[s_b]
+        else:
+            diff = 0
         verdict = "better" if diff > 0 else "worse" if diff < 0 else "changed"
         out.append({"prompt": _prompt_text(prompt), "category": cat, "before": b, "after": a,
                     "change": f"{s_b} -> {s_a}", "verdict": verdict})
@@ -116,7 +135,8 @@ def changed_examples(prompts: Sequence[Any], categories: Sequence[str], before: 
     def priority(ex: dict) -> tuple[int, int]:
         refusal_change = "refused" in ex["change"]
         order = {"worse": 0, "changed": 1, "better": 2}[ex["verdict"]]
-        return order, 0 if (refusal_change and ex["category"] != "harmful") else 1 if refusal_change else 2
+        legit = ex["category"] in ("benign", "alarming")
+        return order, 0 if (refusal_change and legit) else 1 if refusal_change else 2
 
     return sorted(out, key=priority)
 
@@ -197,11 +217,18 @@ def _blocks(run_dir: Path, metrics: dict, log_rows: list[dict], config_yaml: str
     if facts:
         blocks.append(("p", " | ".join(facts)))
 
-    keys = list(STABLE_KEYS) + [k for k in ("task_valid/alarming", "task_correct", "gold_score") if k in before or k in after]
-    rows = [[k, _fmt(k, before.get(k)), _fmt(k, after.get(k)), *_delta(k, before.get(k), after.get(k))]
-            for k in keys]
-    blocks += [("h2", "Before (reference) vs after (policy)"),
-               ("table", ["metric", "before", "after", "delta", ""], rows)]
+    # Metrics measured in neither column (no task check, no pairs, no KL sample...) are left out.
+    keys = [k for k in reported_keys(before, after) if _num(before.get(k)) is not None or _num(after.get(k)) is not None]
+    if "before" not in metrics and "after" in metrics:  # one model evaluated alone, no reference
+        rows = [[k, _fmt(k, after.get(k)), _n_cell(k, {}, after)] for k in keys]
+        blocks += [("h2", "Metrics (one model, no reference)"), ("table", ["metric", "model", "n"], rows)]
+    else:
+        rows = [[k, _fmt(k, before.get(k)), _fmt(k, after.get(k)), *_delta(k, before.get(k), after.get(k)),
+                 _n_cell(k, before, after)] for k in keys]
+        blocks += [("h2", "Before (reference) vs after (policy)"),
+                   ("table", ["metric", "before", "after", "delta", "", "n"], rows)]
+    if not keys:
+        blocks[-1] = ("p", "No metric was measured (no probes and no held-out pairs).")
 
     blocks.append(("h2", "Verdict"))
     lines = [f"{f.severity.upper()} {f.name}: {f.evidence}" + "".join(f"\n  - fix: {x}" for x in f.fixes)
@@ -210,13 +237,20 @@ def _blocks(run_dir: Path, metrics: dict, log_rows: list[dict], config_yaml: str
     blocks.append(("list", lines + [f"note: {f.evidence}" for f in findings if f.severity == "info"]))
 
     shown = examples[:MAX_EXAMPLES]
-    blocks.append(("h2", f"Examples where behaviour changed ({len(shown)} of {len(examples)})"))
-    if shown:
-        blocks.append(("table", ["category", "change", "prompt", "before", "after"],
-                       [[e.get("category", ""), e.get("change", ""), _one_line(e.get("prompt", "")),
-                         _one_line(e.get("before", "")), _one_line(e.get("after", ""))] for e in shown]))
+    answers = metrics.get("answers") or []
+    if answers and "before" not in metrics:  # one model alone: nothing changed, show what it said
+        blocks.append(("h2", f"Example answers ({min(len(answers), MAX_EXAMPLES)} of {len(answers)})"))
+        blocks.append(("table", ["category", "prompt", "answer"],
+                       [[a.get("category", ""), _one_line(a.get("prompt", "")), _one_line(a.get("answer", ""))]
+                        for a in answers[:MAX_EXAMPLES]]))
     else:
-        blocks.append(("p", "No probe changed behaviour."))
+        blocks.append(("h2", f"Examples where behaviour changed ({len(shown)} of {len(examples)})"))
+        if shown:
+            blocks.append(("table", ["category", "change", "prompt", "before", "after"],
+                           [[e.get("category", ""), e.get("change", ""), _one_line(e.get("prompt", "")),
+                             _one_line(e.get("before", "")), _one_line(e.get("after", ""))] for e in shown]))
+        else:
+            blocks.append(("p", "No probe changed behaviour."))
 
     blocks += [("h2", "Training curves"), ("images", plot_log(log_rows))]
     # run facts are on the title line; memory gets its own table
@@ -293,7 +327,9 @@ def write_report(run_dir: Path, metrics: dict, log_rows: list[dict], config_yaml
 
     Args:
         metrics: the metrics.json layout: `{"before": {...}, "after": {...}, "examples": [...],
-            "memory": {...}, "run": {...}}`; any part may be missing, any value None.
+            "memory": {...}, "run": {...}}`; any part may be missing, any value None. Without
+            "before" but with "after" (a model evaluated alone) the table has one column and
+            `metrics["answers"]` (`{"prompt", "category", "answer"}` rows) are shown as examples.
         log_rows: log.jsonl rows; missing keys and non-numeric values are skipped in plots.
         config_yaml: the resolved config, shown verbatim.
         examples: changed probes (`changed_examples`), worst first; empty falls back to
