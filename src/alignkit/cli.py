@@ -12,6 +12,7 @@
     alignkit data task-api --out DIR
     alignkit data sample-pairs PROMPTS --model RUN --judge task_api --out pairs.jsonl
     alignkit compare --sft RUN --reward RUN --out DIR --quick
+    alignkit --version
 
 User mistakes (alignkit.errors.UserError) print as one message without a traceback, exit code 2.
 """
@@ -19,6 +20,7 @@ User mistakes (alignkit.errors.UserError) print as one message without a traceba
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -26,46 +28,85 @@ from alignkit.errors import UserError
 
 
 def _fields_help() -> str:
+    """Every config field with its default and the first sentence of its docstring."""
     from alignkit.config import RunConfig
 
     lines = ["config fields (YAML sections; override any with section.field=value):"]
-    for section, finfo in RunConfig.model_fields.items():
-        ann = finfo.annotation
-        if isinstance(ann, type) and hasattr(ann, "model_fields"):
-            for name, f in ann.model_fields.items():
-                sub = f.annotation
-                if isinstance(sub, type) and hasattr(sub, "model_fields"):
-                    for n2, f2 in sub.model_fields.items():
-                        lines.append(f"  {section}.{name}.{n2} = {f2.default!r}")
-                else:
-                    lines.append(f"  {section}.{name} = {f.default!r}")
-        else:
-            lines.append(f"  {section} = {finfo.default!r}")
+
+    def walk(model, prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and hasattr(ann, "model_fields"):  # a section: list its fields
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = f.get_default(call_default_factory=True)
+            doc = " ".join((f.description or "").split())
+            first = re.split(r"(?<!e\.g\.)(?<!i\.e\.)(?<=[.!?])\s+(?=[A-Z(`])", doc)[0].rstrip(".")  # the first sentence
+            lines.append(f"  {prefix}{name} = {default!r}" + (f"  -- {first}" if first else ""))
+
+    walk(RunConfig, "")
     lines.append("every field is documented in the README, section 'Config fields'")
     return "\n".join(lines)
 
 
 def cmd_train(args) -> int:
-    from alignkit.config import load_config
-    from alignkit.train.run import train
+    import json
 
+    from alignkit.config import load_config
+    from alignkit.train.run import finished_steps, resume_config, train
+
+    overrides = list(args.overrides)
     if args.resume:
         run = Path(args.resume)
-        if not (run / "config.yaml").is_file():
-            raise UserError("not a run directory (no config.yaml)", where=str(run),
-                            hint="pass the output_dir of an earlier `alignkit train`")
-        cfg = load_config(run / "config.yaml", [*args.overrides, f"output_dir={run}"])
+        if args.config:  # `--resume RUN a.b=c`: argparse reads the first override as the config file
+            if "=" not in args.config or Path(args.config).is_file():
+                raise UserError("--resume takes the config from the run (RUN/config.yaml), not from a file",
+                                where=args.config, hint=f"alignkit train --resume {run} [field=value ...]")
+            overrides.insert(0, args.config)
+        cfg = resume_config(run, overrides)
+        done = finished_steps(run)
+        if done is not None:
+            if cfg.train.max_steps and cfg.train.max_steps > done:
+                raise UserError(f"the run is finished ({done} steps); extending a finished run to "
+                                f"train.max_steps={cfg.train.max_steps} is not supported (the optimizer state of "
+                                f"its last step is not kept)", where=str(run),
+                                hint=f"train a new stage from it: alignkit train {run / 'config.yaml'} "
+                                     f"model.name_or_path={run} output_dir=NEW train.max_steps="
+                                     f"{cfg.train.max_steps - done}")
+            print(f"{run} is already finished ({done} steps): nothing to do. Evaluate it with `alignkit eval "
+                  f"{run}`; to train more, pass a new output_dir and model.name_or_path={run}")
+            return 0
     else:
         if not args.config:
             raise UserError("alignkit train needs a config file or --resume RUN",
                             hint="e.g. alignkit train examples/task_api/dpo.yaml")
-        cfg = load_config(args.config, args.overrides)
-    run = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, force=args.force, progress=_progress())
+        cfg = load_config(args.config, overrides)
+    try:
+        run = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, force=args.force, progress=_progress())
+    except KeyboardInterrupt:  # outside the loop's own handler: loading, a second Ctrl-C, held-out metrics
+        out = Path(cfg.output_dir)
+        if finished_steps(out) is not None:
+            print(f"\ninterrupted: training is saved in {out / 'final'}; run `alignkit eval {out}` to evaluate it",
+                  file=sys.stderr)
+        elif (out / "config.yaml").is_file():
+            print(f"\ninterrupted: `alignkit train --resume {out}` continues from its newest complete checkpoint "
+                  f"(from step 0 if there is none)", file=sys.stderr)
+        else:
+            print("\ninterrupted before the run started", file=sys.stderr)
+        return 130
+    info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
+    if info.get("status") == "interrupted":  # a checkpoint was saved; scripts must not carry on
+        return 143 if info.get("signal") == "SIGTERM" else 130
     if cfg.eval.enabled and (run / "final").is_dir() and not args.no_eval and cfg.method != "reward":
         from alignkit.eval.generation import progress_printer
         from alignkit.eval.runner import evaluate_run
 
-        evaluate_run(run, progress=progress_printer())
+        try:
+            evaluate_run(run, progress=progress_printer())
+        except KeyboardInterrupt:
+            print(f"\nevaluation interrupted: training is saved in {run / 'final'}; run `alignkit eval {run}` "
+                  f"to evaluate it", file=sys.stderr)
+            return 130
     print(f"run directory: {run}")
     return 0
 
@@ -75,22 +116,23 @@ _SHOWN = [("loss", 4), ("rewards/accuracies", 2), ("rewards/margins", 3), ("scor
 
 
 def _progress():
-    """A one-line progress display with ETA (plain prints when not on a terminal)."""
+    """A one-line progress display with ETA (plain prints when not on a terminal). The rate comes from
+    the steps timed since the first report: after the first step there is none yet (`ETA ?`)."""
     import time
 
     start = {"t": None, "s": None}
 
     def show(step, total, row):
         now = time.perf_counter()
-        if start["t"] is None:
-            start["t"], start["s"] = now, step - 1
-        done = step - start["s"]
-        eta = (now - start["t"]) / max(done, 1) * (total - step)
+        if start["t"] is None:  # steps before this one (a resume) were not timed here
+            start["t"], start["s"] = now, step
+        timed = step - start["s"]
+        eta = f"{(now - start['t']) / timed * (total - step):.0f}s" if timed > 0 else "?"
         every = max(1, total // 20)
         if step % every == 0 or step == total or step == 1:
             shown = [f"{k} {row[k]:.4f}" for k, _ in _SHOWN if isinstance(row.get(k), (int, float))]
             print(f"step {step}/{total}  " + "  ".join(shown) +
-                  f"  {row.get('tokens_per_s', row.get('rollout_tokens_per_s', 0)):.0f} tok/s  ETA {eta:.0f}s", flush=True)
+                  f"  {row.get('tokens_per_s', row.get('rollout_tokens_per_s', 0)):.0f} tok/s  ETA {eta}", flush=True)
 
     return show
 
@@ -219,6 +261,9 @@ def cmd_chat(args) -> int:
     return 0
 
 
+DEFAULT_PLAN_GPU = "t4"  # `plan` / `recommend` without --gpu (and they say so)
+
+
 def cmd_plan(args) -> int:
     import json
 
@@ -227,7 +272,9 @@ def cmd_plan(args) -> int:
     from alignkit.plan.hardware import get_hardware
     from alignkit.plan.memory import PlanInput, estimate, format_table, plan_input_from_config, plan_to_dict
 
-    hw = get_hardware(args.gpu, ram=args.ram)
+    if args.gpu is None:  # said on stderr, so --json output stays valid JSON
+        print(f"note: no --gpu given: planning for {DEFAULT_PLAN_GPU}", file=sys.stderr)
+    hw = get_hardware(args.gpu or DEFAULT_PLAN_GPU, ram=args.ram)
     if args.config:
         from alignkit.config import load_config
 
@@ -254,7 +301,9 @@ def cmd_plan(args) -> int:
 def cmd_recommend(args) -> int:
     from alignkit.plan.advisor import recommend
 
-    rec = recommend(args.data, arch=args.model or "default", hardware=args.gpu, online_feedback=args.online,
+    if args.gpu is None:
+        print(f"# note: no --gpu given: sizing for {DEFAULT_PLAN_GPU}", file=sys.stderr)
+    rec = recommend(args.data, arch=args.model or "default", hardware=args.gpu or DEFAULT_PLAN_GPU, online_feedback=args.online,
                     model_name=args.model, eval_path=args.eval, output_dir=args.output_dir)
     for w in rec.warnings:
         print(f"# warning: {w}", file=sys.stderr)
@@ -295,7 +344,10 @@ def cmd_compare(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from alignkit import __version__
+
     p = argparse.ArgumentParser(prog="alignkit", description="Align a fine-tuned LM with preference data.")
+    p.add_argument("--version", action="version", version=f"alignkit {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a run from a YAML config", epilog=_fields_help(),
@@ -322,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", help="JSONL output, one object per row (default: DATA.scores.jsonl)")
     sc.add_argument("--system-prompt-file", default=None, help="system prompt added to rows without one "
                                                                "(default: the reward run's own)")
-    sc.add_argument("--batch-size", type=int, default=16)
+    sc.add_argument("--batch-size", type=int, default=16, help="rows scored per forward pass (default: 16)")
     sc.set_defaults(fn=cmd_score)
 
     ev = sub.add_parser("eval", help="before/after evaluation: a run vs its reference, or any model")
@@ -350,16 +402,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(fn=cmd_eval)
 
     dg = sub.add_parser("diagnose", help="name what went wrong in a run, with evidence and fixes")
-    dg.add_argument("run")
-    dg.add_argument("--json", action="store_true")
+    dg.add_argument("run", help="run directory (reads its run.json, log.jsonl, metrics.json and data)")
+    dg.add_argument("--json", action="store_true", help="print the findings as JSON instead of text")
     dg.set_defaults(fn=cmd_diagnose)
 
     dc = sub.add_parser("doctor", help="find broken or biased preference data (exit 1 on errors)")
-    dc.add_argument("data")
+    dc.add_argument("data", help="preference / SFT / KTO file to check (.jsonl, .json, .csv, .parquet)")
     dc.add_argument("--eval", help="held-out file, checked for prompts leaking from training")
     dc.add_argument("--config", help="a run config: its tokenizer, max lengths, system prompt and eval file")
-    dc.add_argument("--max-length", type=int, default=None)
-    dc.add_argument("--json", action="store_true")
+    dc.add_argument("--max-length", type=int, default=None,
+                    help="report rows longer than this many tokens (needs a tokenizer: use --config)")
+    dc.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     dc.set_defaults(fn=cmd_doctor)
 
     ch = sub.add_parser("chat", help="talk to a model in the terminal (/help lists the commands)")
@@ -372,34 +425,40 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "prompt, else none)")
     sp.add_argument("--system-prompt-file", default=None, help="read the system message from this file")
     ch.add_argument("--temperature", type=float, default=0.0, help="sampling temperature; 0 = greedy (default)")
-    ch.add_argument("--max-new-tokens", type=int, default=128)
+    ch.add_argument("--max-new-tokens", type=int, default=128, help="answer length limit (default: 128)")
     ch.set_defaults(fn=cmd_chat)
 
     pl = sub.add_parser("plan", help="predict peak memory of a run and whether it fits a GPU")
-    pl.add_argument("config", nargs="?")
-    pl.add_argument("overrides", nargs="*")
-    pl.add_argument("--gpu", default="t4", help="t4, l4, a10g, rtx3090, rtx4090, a100-40gb, a100-80gb, h100, h200, "
-                                                "cpu, or a size like 24gb")
+    pl.add_argument("config", nargs="?", help="a run config to plan (or give --model and the settings below)")
+    pl.add_argument("overrides", nargs="*", help="field=value overrides of the config, e.g. train.micro_batch_size=2")
+    pl.add_argument("--gpu", default=None,
+                    help="t4, l4, a10g, rtx3090, rtx4090, a100-40gb, a100-80gb, h100, h200, cpu, auto (this "
+                         "machine), or a size like 24gb; prefix a count for several GPUs: 2xh100 (the plan is per "
+                         "GPU, as with DDP). Default: t4, and the output says so")
     pl.add_argument("--ram", help="CPU RAM for --gpu cpu (default: this machine's)")
     pl.add_argument("--model", help="model: name (llama-2-7b, mistral-7b, qwen2.5-7b...), config dir, or size (7b)")
-    pl.add_argument("--method", default="dpo")
-    pl.add_argument("--quant", default="none", choices=["none", "8bit", "4bit"])
+    pl.add_argument("--method", default="dpo", help="training method (sft, dpo, ..., ppo; default: dpo)")
+    pl.add_argument("--quant", default="none", choices=["none", "8bit", "4bit"],
+                    help="precision of the frozen base weights (4bit: QLoRA)")
     pl.add_argument("--lora-r", type=int, default=16, help="LoRA rank; 0 = full fine-tuning")
-    pl.add_argument("--dtype", default=None, choices=[None, "fp32", "bf16", "fp16"])
+    pl.add_argument("--dtype", default=None, choices=[None, "fp32", "bf16", "fp16"],
+                    help="compute precision (default: the device's: bf16, fp16 on a T4, fp32 on CPU)")
     pl.add_argument("--batch", type=int, default=1, help="micro-batch (pairs)")
-    pl.add_argument("--seq-len", type=int, default=1024)
-    pl.add_argument("--grad-ckpt", action="store_true")
-    pl.add_argument("--reference", default="auto", choices=["auto", "adapter", "copy", "precomputed", "none"])
-    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--seq-len", type=int, default=1024, help="tokens per sequence, prompt + answer (default: 1024)")
+    pl.add_argument("--grad-ckpt", action="store_true", help="with gradient checkpointing")
+    pl.add_argument("--reference", default="auto", choices=["auto", "adapter", "copy", "precomputed", "none"],
+                    help="how the reference model is held (auto: adapter with LoRA, else precomputed)")
+    pl.add_argument("--json", action="store_true", help="print the plan and fixes as JSON")
     pl.set_defaults(fn=cmd_plan)
 
     rc = sub.add_parser("recommend", help="pick a method and write a config that fits your GPU")
-    rc.add_argument("--data", required=True)
+    rc.add_argument("--data", required=True, help="your training data (its kind decides the method)")
     rc.add_argument("--eval", help="held-out file")
     rc.add_argument("--model", help="model name, config dir or size")
-    rc.add_argument("--gpu", default="t4")
+    rc.add_argument("--gpu", default=None, help="the GPU to size the config for, as for `alignkit plan` "
+                                                "(default: t4, and it says so)")
     rc.add_argument("--online", action="store_true", help="you want online feedback (RLHF with PPO)")
-    rc.add_argument("--output-dir", default=None)
+    rc.add_argument("--output-dir", default=None, help="output_dir written into the config")
     rc.set_defaults(fn=cmd_recommend)
 
     d = sub.add_parser("data", help="generate example data, convert paired data to KTO rows, or sample "
@@ -410,17 +469,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "pairs whose rejected answer is the model's own")
     d.add_argument("input", nargs="?", help="to-kto: the paired preference file (.jsonl/.json/.csv/.parquet); "
                                             "sample-pairs: prompts (a prompt file or preference rows)")
-    d.add_argument("--out", required=True)
+    d.add_argument("--out", required=True, help="task-api: output directory; to-kto, sample-pairs: output file")
     d.add_argument("--skip-invalid", action="store_true", help="to-kto, sample-pairs: skip and count invalid rows")
-    d.add_argument("--n-train", type=int, default=1500)
-    d.add_argument("--n-eval", type=int, default=200)
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--n-train", type=int, default=1500, help="task-api: training pairs to write")
+    d.add_argument("--n-eval", type=int, default=200, help="task-api: held-out pairs to write")
+    d.add_argument("--seed", type=int, default=0, help="random seed (task-api data, sample-pairs sampling)")
     d.add_argument("--model", help="sample-pairs: the policy: `default`, a checkpoint dir or a run directory")
     d.add_argument("--judge", default="task_api",
                    help="sample-pairs: task_api, refusal, package.module:function or a reward-model run")
     d.add_argument("--k", type=int, default=4, help="sample-pairs: answers sampled per prompt")
-    d.add_argument("--temperature", type=float, default=1.0)
-    d.add_argument("--max-new-tokens", type=int, default=64)
+    d.add_argument("--temperature", type=float, default=1.0, help="sample-pairs: sampling temperature")
+    d.add_argument("--max-new-tokens", type=int, default=64, help="sample-pairs: answer length limit")
     d.add_argument("--batch-size", type=int, default=32, help="sample-pairs: rows per forward pass")
     d.add_argument("--chosen", default="best_or_reference", choices=["best", "reference", "best_or_reference"],
                    help="sample-pairs: the chosen side: the model's best answer, the row's reference answer, or "
@@ -453,7 +512,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _quiet_libraries() -> None:
+    """For the command line only (not for library users): no weight-loading progress bars, no
+    known-harmless FutureWarnings from transformers, and no hub access unless the user opted in."""
+    import os
+    import warnings
+
+    from alignkit.offline import downloads_allowed
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # read by huggingface_hub and transformers
+    if not downloads_allowed():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if "transformers" in sys.modules:  # already imported (in-process callers): the env var came too late
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    for message in _HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
+
+
+# FutureWarnings raised inside transformers/peft on every run, about calls alignkit does not make itself.
+_HARMLESS_WARNINGS = (r"`is_gradient_checkpointing` is deprecated",)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `field=value` overrides may come after options (argparse stops positionals at the first flag).
@@ -466,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

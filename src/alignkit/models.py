@@ -8,6 +8,9 @@ imports it once into a plain safetensors checkpoint in the cache (`$ALIGNKIT_CAC
 
 A model spec can also be another run's directory: its base is loaded (recursively) and its adapter
 merged, so a DPO stage can start from an SFT stage and the chain exports as one plain checkpoint.
+
+A hub id (`Qwen/Qwen2.5-0.5B-Instruct`) is read from the local Hugging Face cache only: alignkit never
+touches the network unless `ALIGNKIT_ALLOW_DOWNLOAD=1` is set (then transformers may download it).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from alignkit.errors import UserError
+from alignkit.offline import downloads_allowed
 
 DEFAULT_MODEL = "default"
 DEFAULT_NAME = "SmolLM2-135M-Instruct"
@@ -104,16 +108,38 @@ def _check_local(path: Path, allow_pickle: bool) -> None:
                         hint="convert it to safetensors, or set model.allow_pickle=true if you trust it")
 
 
-def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    path = _resolve_path(name_or_path)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False,
+                   where: str = "config field model.name_or_path") -> PreTrainedTokenizerBase:
+    path = _resolve_path(name_or_path, where)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code,
+                                            local_files_only=not downloads_allowed())
+    except OSError as e:
+        raise UserError(f"could not load the tokenizer: {str(e).splitlines()[0]}", where=f"{where} ({name_or_path})",
+                        hint=_MISSING_HINT) from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def _resolve_path(name_or_path: str) -> str:
-    """`default` -> cached import; a run dir -> its final/ (for the tokenizer); else unchanged."""
+_MISSING_HINT = ("use a local checkpoint directory, a run directory or `default`; for a hub id, download it first "
+                 "(`huggingface-cli download ID`) or set ALIGNKIT_ALLOW_DOWNLOAD=1 to let alignkit download it")
+
+
+def _hub_cached(repo_id: str) -> bool:
+    """The hub id has a config.json in the local Hugging Face cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid repo id
+        return False
+    return isinstance(found, str)
+
+
+def _resolve_path(name_or_path: str, where: str = "config field model.name_or_path") -> str:
+    """`default` -> cached import; a run dir -> its final/ (for the tokenizer); else unchanged.
+    A hub id must be in the local cache unless downloads are allowed (`ALIGNKIT_ALLOW_DOWNLOAD=1`)."""
     if name_or_path == DEFAULT_MODEL:
         return str(default_model_dir())
     p = Path(name_or_path)
@@ -121,16 +147,20 @@ def _resolve_path(name_or_path: str) -> str:
         return str(p / "final")
     if p.exists():
         return str(p)
-    if "/" in name_or_path and not name_or_path.startswith((".", "/")):
-        return name_or_path  # a hub id: transformers resolves it from the local cache (offline)
-    raise UserError("model path does not exist", where=name_or_path,
+    if "/" in name_or_path and not name_or_path.startswith((".", "/")):  # a hub id
+        if downloads_allowed() or _hub_cached(name_or_path):
+            return name_or_path
+        raise UserError(f"model {name_or_path!r} is not a local directory and not in the Hugging Face cache "
+                        f"(alignkit does not download by default)", where=f"{where} ({name_or_path})",
+                        hint=_MISSING_HINT)
+    raise UserError("model path does not exist", where=f"{where} ({name_or_path})",
                     hint="use `default`, a local checkpoint directory, a run directory or a cached hub id")
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = "auto",
                device: str | torch.device = "cpu", trust_remote_code: bool = False,
                allow_pickle: bool = False, attn_implementation: str | None = None,
-               quantization: str = "none") -> PreTrainedModel:
+               quantization: str = "none", where: str = "config field model.name_or_path") -> PreTrainedModel:
     """Load a causal LM: the embedded default, a local checkpoint, a cached hub id, or a run dir.
 
     A run dir is loaded as its base model with the run's adapter merged in (recursively), so
@@ -140,11 +170,14 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = 
     if is_run_dir(name_or_path):
         return _load_run(Path(name_or_path), torch_dtype, device, trust_remote_code, allow_pickle,
                          attn_implementation, quantization)
-    path = _resolve_path(name_or_path)
+    path = _resolve_path(name_or_path, where)
     if Path(path).exists():
         _check_local(Path(path), allow_pickle)
+    offline = not downloads_allowed()
     kwargs: dict = dict(dtype=torch_dtype, trust_remote_code=trust_remote_code,
-                        use_safetensors=None if allow_pickle else True)
+                        use_safetensors=None if allow_pickle else True, local_files_only=offline)
+    if offline:  # transformers looks for an adapter_config.json without local_files_only otherwise
+        kwargs["adapter_kwargs"] = {"local_files_only": True}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     if quantization != "none":
@@ -153,8 +186,8 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = 
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:
-        raise UserError(f"could not load the model: {e}", where=str(name_or_path),
-                        hint="for a hub id, download it first (alignkit never downloads at run time)") from None
+        raise UserError(f"could not load the model: {str(e).splitlines()[0]}", where=f"{where} ({name_or_path})",
+                        hint=_MISSING_HINT) from None
     if quantization == "none":
         model.to(device)
     return model

@@ -5,7 +5,7 @@ killed with SIGKILL at deterministic points (the N-th call of a checkpoint write
 a deletion, ...; see tests/reliability/_kill_worker.py), then `alignkit train --resume` must say which
 checkpoint it used (the one the kill point implies) and end with the final weights and log.jsonl
 losses of one uninterrupted reference run. All runs go through one fork server, so the Python start-up
-(~4 s of CPU) is paid once, not 50 times. SIGTERM/SIGINT save a checkpoint and exit 0 ("interrupted").
+(~4 s of CPU) is paid once, not 50 times. SIGTERM/SIGINT save a checkpoint and exit 143/130 ("interrupted").
 
 Numerical faults run in-process: a NaN loss is skipped and counted, `max_bad_steps` NaN steps in a
 row stop the run with a UserError naming the step and rows, and no checkpoint ever holds NaN weights.
@@ -50,7 +50,7 @@ TORN = ("torn_log4", "torn_log", 4, 3)  # half a log line on disk
 CORRUPT = [  # after a kill at step 5 (ckpts 3, 4 on disk), one byte of step-4 flips: use step-3
     ("corrupt_weights", "weights.safetensors"), ("corrupt_state", "state.pt"),
 ]
-SIGNALS = [("sigterm", "SIGTERM", 2), ("sigint", "SIGINT", 4)]
+SIGNALS = [("sigterm", "SIGTERM", 2, 143), ("sigint", "SIGINT", 4, 130)]  # 128 + the signal number
 
 
 def _log(run: Path) -> list[dict]:
@@ -98,7 +98,7 @@ def campaign(tmp_path_factory, tiny):
         fresh(name, kill={"hook": "step", "n": 5})
         jobs.append({"name": f"{name}:flip", "corrupt": str(runs / name / "checkpoints" / "step-4" / file)})
         resume(name)
-    for name, sig, step in SIGNALS:
+    for name, sig, step, _ in SIGNALS:
         fresh(name, sig={"sig": sig, "step": step}, save_every=None)
         resume(name)
     spec = d / "jobs.json"
@@ -170,13 +170,14 @@ def test_corrupt_checkpoint_is_skipped(campaign, name, file):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name,sig,step", SIGNALS, ids=[s[0] for s in SIGNALS])
-def test_sigterm_sigint_save_and_exit_cleanly(campaign, name, sig, step):
+@pytest.mark.parametrize("name,sig,step,code", SIGNALS, ids=[s[0] for s in SIGNALS])
+def test_sigterm_sigint_save_and_exit_cleanly(campaign, name, sig, step, code):
     results, _, outs = campaign
     res = results[name]
     text = (outs / f"{name}.out").read_text()
-    assert res["exit"] == 0 and res["signal"] is None, text[-3000:]
+    assert res["exit"] == code and res["signal"] is None, text[-3000:]  # non-zero: scripts must not carry on
     assert res["run_json"]["status"] == "interrupted" and res["run_json"]["done"] == step
+    assert res["run_json"]["signal"] == sig
     assert res["checkpoints"] == [f"step-{step}"] and not res["final"]
     assert f"interrupted: checkpoint saved at step {step}" in text
     _check_resumed(campaign, name, step)

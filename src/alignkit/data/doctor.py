@@ -158,7 +158,12 @@ def _scan(path: Path, system: str | None) -> tuple[list[PreferenceRow], list[Iss
             continue
         except UserError as e:  # RowError: from the reader (bad JSON, not UTF-8) or the row check
             reason, detail = getattr(e, "reason", None) or e.message, str(e).splitlines()[0]
-        issue = bad.setdefault(reason, Issue(_code_for(reason), reason, details={"first": detail}))
+            # Shown as train shows it, less the file and line (the lines column has them):
+            # "field 'prompt[0].role': unknown role 'human'".
+            where, prefix = e.where or "", f"{path}:{line}"
+            place = where[len(prefix):].strip() if where.startswith(prefix) else where
+            shown = f"{place}: {e.message}" if place else e.message
+        issue = bad.setdefault(reason, Issue(_code_for(reason), shown, details={"first": detail}))
         issue.lines.append(line)
     return rows, list(bad.values())
 

@@ -23,6 +23,7 @@ naming ``path:line field 'x'``, or with ``skip_invalid=True`` is counted in `Loa
 from __future__ import annotations
 
 import csv
+import difflib
 import hashlib
 import io
 import json
@@ -306,9 +307,21 @@ def _generic(field_name: str) -> str:
     return re.sub(r"\[\d+\]", "[]", field_name)
 
 
-def _missing(field_name: str, hint: str | None = None) -> _Invalid:
+# Field names the normalisers read; a row key close to a missing one (`choosen`) is named as a likely typo.
+_FIELDS = ("prompt", "chosen", "rejected", "completion", "messages", "label", "system", "role", "content")
+
+
+def _missing(field_name: str, hint: str | None = None, row: dict | None = None) -> _Invalid:
+    """A missing field; with the `row` (or message) it was looked up in, a near-miss key is named."""
+    message = f"missing field '{field_name}'"
+    wanted = field_name.rsplit(".", 1)[-1]
+    others = [k for k in (row or {}) if isinstance(k, str) and k not in _FIELDS]
+    close = difflib.get_close_matches(wanted, others, n=1, cutoff=0.75)
+    if close:
+        message += f"; the row has '{close[0]}': did you mean '{wanted}'?"
+        hint = f"rename '{close[0]}' to '{wanted}'"
     return _Invalid(
-        f"missing field '{_generic(field_name)}'", f"missing field '{field_name}'", field_name,
+        f"missing field '{_generic(field_name)}'", message, field_name,
         hint or "add the field, or set data.skip_invalid: true to skip such rows",
     )
 
@@ -338,7 +351,7 @@ def _message(item: Any, name: str) -> Message:
     if not isinstance(item, dict):
         raise _wrong_type(name, item, 'a message {"role": ..., "content": ...}')
     if "role" not in item:
-        raise _missing(f"{name}.role")
+        raise _missing(f"{name}.role", row=item)
     role = item["role"]
     if not isinstance(role, str):
         raise _wrong_type(f"{name}.role", role, "a string")
@@ -347,7 +360,7 @@ def _message(item: Any, name: str) -> Message:
             "unknown role", f"unknown role {role!r}", f"{name}.role", "roles are system, user and assistant"
         )
     if "content" not in item:
-        raise _missing(f"{name}.content")
+        raise _missing(f"{name}.content", row=item)
     return {"role": role, "content": _text(item["content"], f"{name}.content")}
 
 
@@ -392,7 +405,7 @@ def _split_conversation(msgs: list[Message], name: str) -> tuple[list[Message], 
 def _side(raw: dict, name: str) -> tuple[list[Message], str]:
     """(prompt messages, answer) for one answer field, in any accepted convention."""
     if name not in raw:
-        raise _missing(name)
+        raise _missing(name, row=raw)
     value = raw[name]
     if isinstance(value, list) and len(value) > 1:  # a full conversation
         prefix, answer = _split_conversation(_messages(value, name), name)
@@ -405,7 +418,7 @@ def _side(raw: dict, name: str) -> tuple[list[Message], str]:
             )
         return prefix, answer
     if "prompt" not in raw:
-        raise _missing("prompt", f"give a 'prompt', or a full conversation in '{name}'")
+        raise _missing("prompt", f"give a 'prompt', or a full conversation in '{name}'", row=raw)
     return _messages(raw["prompt"], "prompt"), _answer(value, name)
 
 
@@ -459,7 +472,7 @@ def _demonstration(raw: dict, fields: Sequence[str]) -> tuple[list[Message], str
     for name in fields:
         if name in raw:
             return _side(raw, name)
-    raise _missing("completion", "rows need {prompt, completion}, {messages} or a preference pair")
+    raise _missing("completion", "rows need {prompt, completion}, {messages} or a preference pair", row=raw)
 
 
 def _sft(raw: dict, source: str, system: str | None) -> list[SFTRow]:
@@ -494,7 +507,7 @@ def _kto(raw: dict, source: str, system: str | None) -> list[KTORow]:
         ]
     prompt, completion = _demonstration(raw, ("completion",))
     if "label" not in raw:
-        raise _missing("label", "KTO rows need label: true (desirable) or false (undesirable)")
+        raise _missing("label", "KTO rows need label: true (desirable) or false (undesirable)", row=raw)
     return [KTORow(_finish_prompt(prompt, raw, system), completion, _label(raw["label"]), source)]
 
 
@@ -512,7 +525,8 @@ def _prompt_only(raw: dict, source: str, system: str | None) -> list[PromptRow]:
     elif "chosen" in raw:
         prompt = _side(raw, "chosen")[0]
     else:
-        raise _missing("prompt", "rows need a 'prompt' (text or messages), or 'messages' ending with a user turn")
+        raise _missing("prompt", "rows need a 'prompt' (text or messages), or 'messages' ending with a user turn",
+                       row=raw)
     return [PromptRow(_finish_prompt(prompt, raw, system), dict(raw), source)]
 
 

@@ -8,7 +8,7 @@ component (`alignkit.plan.memory.CALIBRATION`), not hidden here, so every byte i
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from alignkit.errors import UserError
 
@@ -26,6 +26,8 @@ class Hardware:
         kind: ``"gpu"`` or ``"cpu"``.
         bf16: bf16 compute is supported (Ampere and newer); a T4 (Turing) has fp16 only.
         nominal: the marketing size, for display (``"16 GB"``).
+        count: how many such devices (``"2xh100"``: 2). ``memory`` is per device: with DDP every GPU holds
+            a full replica, so the per-GPU plan is the one-GPU plan; sharding (FSDP/ZeRO-3) is not modelled.
     """
 
     name: str
@@ -33,6 +35,7 @@ class Hardware:
     kind: str = "gpu"
     bf16: bool = True
     nominal: str = ""
+    count: int = 1
 
     @property
     def default_dtype(self) -> str:
@@ -62,9 +65,12 @@ CATALOG: dict[str, Hardware] = {
     "h100": _gpu("h100", 81559, True, "80 GB"),
     "h200": _gpu("h200", 143771, True, "141 GB"),
 }
-_ALIASES = {"a100": "a100-80gb", "a100-40g": "a100-40gb", "a100-80g": "a100-80gb", "3090": "rtx3090",
+_ALIASES = {"a100-40g": "a100-40gb", "a100-80g": "a100-80gb", "3090": "rtx3090",
             "4090": "rtx4090", "h100-80gb": "h100", "colab": "t4", "tesla-t4": "t4"}
+# Names that stand for more than one card: refused, naming the choices (a guess is a 2x error).
+AMBIGUOUS = {"a100": ("a100-40gb", "a100-80gb")}
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(g|gb|gib)$")
+_COUNT = re.compile(r"^(\d+)\s*[x*]\s*(.+)$")
 
 
 def parse_size(text: str) -> int:
@@ -101,15 +107,28 @@ def detect() -> Hardware:
 
 
 def get_hardware(spec: str | Hardware | None = "t4", *, ram: str | int | None = None) -> Hardware:
-    """Resolve ``"t4"``, ``"a100-80gb"``, ``"cpu"``, ``"auto"`` or a custom GPU size ``"24gb"``.
+    """Resolve ``"t4"``, ``"a100-80gb"``, ``"cpu"``, ``"auto"``, a custom GPU size ``"24gb"``, or any
+    of these GPUs with a count, ``"2xh100"`` / ``"4 x a100-80gb"`` (memory stays per device).
 
     A custom size is a GPU with bf16 (any GPU sold with that much memory since 2020 has it); use a
-    catalog name for a T4-class card.
+    catalog name for a T4-class card. An ambiguous name (``"a100"``: 40 or 80 GB) is refused.
     """
     if isinstance(spec, Hardware):
         return spec
     key = (spec or "t4").strip().lower().replace("_", "-").replace(" ", "")
+    m = _COUNT.match(key)
+    if m and not _SIZE.match(key):
+        count = int(m.group(1))
+        if count < 1:
+            raise UserError(f"cannot plan for {count} GPUs", where=f"--gpu {spec}", hint="e.g. --gpu 2xh100")
+        one = get_hardware(m.group(2), ram=ram)
+        if one.kind != "gpu":
+            raise UserError("a device count needs a GPU", where=f"--gpu {spec}", hint="e.g. --gpu 2xh100")
+        return replace(one, count=count)
     key = _ALIASES.get(key, key)
+    if key in AMBIGUOUS:
+        raise UserError(f"{spec!r} is ambiguous: it comes as {' or '.join(AMBIGUOUS[key])}", where=f"--gpu {spec}",
+                        hint=f"name the card: {', '.join(AMBIGUOUS[key])}")
     if key in CATALOG:
         return CATALOG[key]
     if key == "cpu":
@@ -120,4 +139,14 @@ def get_hardware(spec: str | Hardware | None = "t4", *, ram: str | int | None = 
         memory = parse_size(key)
         return Hardware(f"custom {key}", memory, "gpu", True, key)
     raise UserError(f"unknown hardware {spec!r}",
-                    hint=f"use one of {', '.join(CATALOG)}, 'cpu', 'auto', or a GPU size like '24gb'")
+                    hint=f"use one of {', '.join(CATALOG)}, 'cpu', 'auto', or a GPU size like '24gb', "
+                         f"optionally with a count: '2xh100'")
+
+
+def multi_gpu_note(hw: Hardware) -> str | None:
+    """What a plan for `hw.count` > 1 GPUs does and does not say."""
+    if hw.count <= 1:
+        return None
+    return (f"{hw.count} GPUs: every number here is per GPU. With DDP (`accelerate launch`) each GPU holds a full "
+            f"replica, so each needs this plan and the effective batch is micro-batch x accumulation x {hw.count}. "
+            f"FSDP / DeepSpeed ZeRO-3 sharding would need less per GPU; the planner does not model it.")

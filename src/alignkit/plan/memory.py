@@ -25,7 +25,7 @@ from pathlib import Path
 
 from alignkit.errors import UserError
 from alignkit.plan.architectures import Arch, activation_bytes, load_arch, lora_params, weight_bytes
-from alignkit.plan.hardware import GiB, Hardware, get_hardware
+from alignkit.plan.hardware import GiB, Hardware, get_hardware, multi_gpu_note
 
 METHODS = ("sft", "dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo", "kto", "reward", "ppo", "rloo",
            "grpo")
@@ -349,6 +349,8 @@ def estimate(inp: PlanInput, hardware: Hardware | str = "t4", calib: Calibration
         _online_transients(plan, inp, a, frozen, nograd_elem, head_pos)
     if inp.method == "kto":
         plan.notes.append("KTO's KL batch is a no-grad forward: it costs time, not peak memory.")
+    if hw.count > 1:
+        plan.notes.append(multi_gpu_note(hw))
     return plan
 
 
@@ -429,7 +431,7 @@ def plan_to_dict(plan: Plan) -> dict:
     settings = {k: v for k, v in asdict(plan.input).items() if k != "arch"}
     return {
         "model": plan.input.arch.name, "n_params": plan.input.arch.n_params, "settings": settings,
-        "hardware": {"name": plan.hardware.name, "memory": plan.hardware.memory},
+        "hardware": {"name": plan.hardware.name, "memory": plan.hardware.memory, "count": plan.hardware.count},
         "components": {n: {"bytes": b, "phase": plan.phases[n]} for n, b in plan.components.items()},
         "peak_phase": plan.peak_phase, "total": plan.total, "headroom": plan.headroom,
         "fits": plan.fits, "verdict": plan.verdict, "notes": list(plan.notes),
@@ -444,8 +446,10 @@ def format_table(plan: Plan) -> str:
     from rich.table import Table
 
     inp = plan.input
-    header = (f"{inp.method} on {inp.arch.name} ({inp.arch.n_params / 1e9:.2f}B params), {plan.hardware.name} "
-              f"({gib(plan.hardware.memory)})\n{inp.dtype}, quant {inp.quant}, "
+    hw = plan.hardware
+    device = f"{hw.name} ({gib(hw.memory)})" if hw.count == 1 else f"{hw.count} x {hw.name} ({gib(hw.memory)} each)"
+    header = (f"{inp.method} on {inp.arch.name} ({inp.arch.n_params / 1e9:.2f}B params), {device}"
+              f"{', per GPU' if hw.count > 1 else ''}\n{inp.dtype}, quant {inp.quant}, "
               f"{'LoRA r=' + str(inp.lora_r) if inp.lora_r else 'full fine-tuning'}, micro-batch {inp.micro_batch} x "
               f"{inp.seq_len} tokens, grad ckpt {'on' if inp.grad_ckpt else 'off'}, reference {inp.reference}\n")
     if inp.method in ONLINE:

@@ -60,6 +60,7 @@ class LoopState:
     tokens_seen: int = 0
     history: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # a method's own resumable state (e.g. PPO's KL coefficient)
+    interrupted_by: str | None = None  # "SIGINT" / "SIGTERM" when the run stopped on a signal
 
 
 class Interrupt:
@@ -67,6 +68,7 @@ class Interrupt:
 
     def __init__(self):
         self.requested = False
+        self.signal: str | None = None  # the name of the signal that asked to stop
         self._old = {}
 
     def __enter__(self):
@@ -81,6 +83,7 @@ class Interrupt:
         if self.requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
         self.requested = True
+        self.signal = signal.Signals(signum).name
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -155,7 +158,8 @@ def run_loop(*, accelerator, model, forward, objective, items, schedule, optimiz
             save_now = tcfg.save_every and state.step % tcfg.save_every == 0
             if (save_now or interrupt.requested) and state.step < total_steps:
                 save(accelerator, model, optimizer, scheduler, state, run_dir, tcfg.keep_checkpoints)
-            if interrupt.requested:
+            if interrupt.requested and state.step < total_steps:  # at the last step: finish (final/)
+                state.interrupted_by = interrupt.signal
                 console(f"interrupted: checkpoint saved at step {state.step}; continue with "
                         f"`alignkit train --resume {run_dir}`")
                 return state

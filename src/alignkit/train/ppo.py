@@ -264,10 +264,11 @@ def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
                 save_checkpoint(run, state.step, accelerator.unwrap_model(policy), optimizer, scheduler,
                                 {"step": state.step, "skipped_steps": 0, "tokens_seen": 0, "extra": state.extra},
                                 keep=tcfg.keep_checkpoints)
-            if interrupt.requested:
+            if interrupt.requested and state.step < steps:  # at the last step: finish (final/)
                 console(f"interrupted: checkpoint saved at step {state.step}; continue with "
                         f"`alignkit train --resume {run}`")
-                _write_run_json(run, cfg, status="interrupted", steps=steps, done=state.step)
+                _write_run_json(run, cfg, status="interrupted", steps=steps, done=state.step,
+                                signal=interrupt.signal)
                 return run
     unwrapped = accelerator.unwrap_model(policy)
     save_final(unwrapped.policy, tokenizer, run)

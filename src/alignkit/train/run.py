@@ -19,7 +19,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
-from alignkit.config import ONLINE_METHODS, RunConfig, dump_config
+from alignkit.config import ONLINE_METHODS, RunConfig, dump_config, load_config
 from alignkit.data import formats, tokenize
 from alignkit.data.kto_convert import kto_balance_warning
 from alignkit.errors import UserError
@@ -127,6 +127,66 @@ def prepare_run_dir(run: Path, *, resume: bool, overwrite: bool) -> Path:
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     return run
+
+
+# Fields an override may change on --resume: they do not change what the checkpoint was trained on.
+# train.max_steps is honoured (the run continues to the new total); everything else is refused.
+RESUMABLE = ("output_dir", "train.max_steps", "train.save_every", "train.keep_checkpoints", "train.log_every",
+             "train.eval_every", "train.trackers", "eval.")
+
+
+def _changed(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _changed(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}")
+    return out
+
+
+def resume_config(run: Path, overrides: list[str], console=print) -> RunConfig:
+    """The config to resume `run` with: its own config.yaml plus `overrides`. An override of a field
+    the checkpoint depends on (model, data, method, hyperparameters) is refused, naming the fields;
+    a new `train.max_steps` is honoured, and refused when it is below the newest checkpoint's step."""
+    if not (run / "config.yaml").is_file():
+        raise UserError("not a run directory (no config.yaml)", where=str(run),
+                        hint="pass the output_dir of an earlier `alignkit train`")
+    old = load_config(run / "config.yaml", [f"output_dir={run}"])
+    new = load_config(run / "config.yaml", [*overrides, f"output_dir={run}"])
+    changed = _changed(old.model_dump(mode="json"), new.model_dump(mode="json"))
+    fixed = [k for k in changed if not k.startswith(RESUMABLE)]
+    if fixed:
+        raise UserError(f"cannot change on resume: {', '.join(fixed)} (the checkpoints were trained with the "
+                        f"values in {run / 'config.yaml'})", where=f"--resume {run}",
+                        hint="start a new run for other values (alignkit train CONFIG output_dir=NEW ...); "
+                             "on resume only train.max_steps, train.save_every, train.keep_checkpoints, "
+                             "train.log_every, train.eval_every, train.trackers and eval.* may change")
+    if "train.max_steps" in changed and finished_steps(run) is None:
+        ckpt, _ = latest_checkpoint(run)
+        at = int(json.loads((ckpt / "trainer_state.json").read_text())["step"]) if ckpt else 0
+        total = new.train.max_steps
+        if total is not None and total < at:
+            raise UserError(f"train.max_steps={total} is below the newest checkpoint's step {at}",
+                            where=f"--resume {run}", hint=f"use train.max_steps={at} or more")
+        t = new.train
+        if t.lr_scheduler != "constant" or t.warmup_ratio:
+            console(f"note: train.max_steps {old.train.max_steps} -> {total}: the {t.lr_scheduler} learning-rate "
+                    f"schedule{' with warmup' if t.warmup_ratio else ''} is recomputed for {total} steps; steps "
+                    f"1-{at} followed the old one, so this run differs from one started with "
+                    f"train.max_steps={total}")
+    return new
+
+
+def finished_steps(run: Path) -> int | None:
+    """The number of steps of a finished run (run.json status `done`), else None."""
+    path = run / "run.json"
+    try:
+        info = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return None
+    return int(info.get("done") or info.get("steps") or 0) if info.get("status") == "done" else None
 
 
 def run_plan(cfg: RunConfig, device):
@@ -283,19 +343,22 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
                             where=f"{run} step {state.step + 1}") from None
         raise
     if state.step < total_steps:
-        _write_run_json(run, cfg, status="interrupted", steps=total_steps, done=state.step)
+        _write_run_json(run, cfg, status="interrupted", steps=total_steps, done=state.step,
+                        signal=state.interrupted_by)
         return run
-    if data.eval and accelerator.is_main_process and cfg.method != "reward":  # a reward run scores them below
-        with open(log_file, "a") as f:
-            f.write(json.dumps({"step": state.step, **evaluate()}) + "\n")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_final(accelerator.unwrap_model(forward).model, tokenizer, run)
-        if cfg.method == "reward":
+        if cfg.method == "reward":  # it scores its held-out pairs itself
             _finish_reward(cfg, model, data, pad_id, run, console)
         _write_run_json(run, cfg, status="done", steps=total_steps, done=state.step,
                         train_seconds=round(time.perf_counter() - t0, 1), skipped_steps=state.skipped_steps,
                         peak_memory_mb=peak_memory_mb(accelerator.device))
+    # The held-out metrics come after final/ and "done": a Ctrl-C here loses no training.
+    if data.eval and accelerator.is_main_process and cfg.method != "reward":
+        with open(log_file, "a") as f:
+            f.write(json.dumps({"step": state.step, **evaluate()}) + "\n")
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return run
 
