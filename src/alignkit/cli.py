@@ -54,17 +54,19 @@ def cmd_train(args) -> int:
         if not (run / "config.yaml").is_file():
             raise UserError("not a run directory (no config.yaml)", where=str(run),
                             hint="pass the output_dir of an earlier `alignkit train`")
-        cfg = load_config(run / "config.yaml", [*args.overrides, f"output_dir={run}"])
+        cfg = load_config(run / "config.yaml", [*args.overrides, f"output_dir={run}"], paths_from_file=False)
     else:
         if not args.config:
             raise UserError("alignkit train needs a config file or --resume RUN",
                             hint="e.g. alignkit train examples/task_api/dpo.yaml")
         cfg = load_config(args.config, args.overrides)
-    run = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, force=args.force, progress=_progress())
-    if cfg.eval.enabled and (run / "final").is_dir() and not args.no_eval and cfg.method != "reward":
-        from alignkit.eval.runner import evaluate_run
+    evaluate = cfg.eval.enabled and not args.no_eval and cfg.method != "reward"
+    run = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, force=args.force, progress=_progress(),
+                evaluate_after=evaluate)
+    if evaluate and (run / "final").is_dir():
+        from alignkit.eval.runner import evaluate_trained_run
 
-        evaluate_run(run)
+        evaluate_trained_run(run)  # run.json: `done` on success, `eval_failed` (exit 2, final/ kept) if not
     print(f"run directory: {run}")
     return 0
 
@@ -129,9 +131,11 @@ def cmd_data(args) -> int:
     if args.dataset == "sample-pairs":
         from alignkit.data.sample_pairs import sample_pairs_file
 
-        if not (args.input and args.model):
-            raise UserError("alignkit data sample-pairs needs a prompts file and --model",
-                            hint="alignkit data sample-pairs prompts.jsonl --model runs/sft --out pairs.jsonl")
+        if not (args.input and args.model and args.judge):
+            raise UserError("alignkit data sample-pairs needs a prompts file, --model and --judge",
+                            hint="alignkit data sample-pairs prompts.jsonl --model runs/sft --judge JUDGE --out pairs.jsonl"
+                                 " (JUDGE: refusal, task_api for the Task API example, package.module:function "
+                                 "or a reward run)")
         sample_pairs_file(args.input, model=args.model, out=args.out, judge=args.judge, k=args.k,
                           temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                           batch_size=args.batch_size, seed=args.seed, chosen=args.chosen,
@@ -158,7 +162,7 @@ def cmd_eval(args) -> int:
                         hint="e.g. alignkit eval runs/dpo   or   alignkit eval --model M --prompts probes.jsonl")
     evaluate_model_cli(model=args.model, adapter=args.adapter, data=args.data, prompts=args.prompts,
                        system_prompt_file=args.system_prompt_file, out=Path(args.out) if args.out else None,
-                       max_new_tokens=args.max_new_tokens, beta=args.beta)
+                       max_new_tokens=args.max_new_tokens, beta=args.beta, task=args.task)
     return 0
 
 
@@ -316,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="directory for metrics.json and report.md/html")
     ev.add_argument("--max-new-tokens", type=int, default=48)
     ev.add_argument("--beta", type=float, default=0.1, help="beta of the implied rewards")
+    ev.add_argument("--task", default="none", choices=["none", "task_api"],
+                    help="task-format check of benign answers (task_api: the Task API example's task JSON)")
     ev.set_defaults(fn=cmd_eval)
 
     dg = sub.add_parser("diagnose", help="name what went wrong in a run, with evidence and fixes")
@@ -377,8 +383,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-eval", type=int, default=200)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--model", help="sample-pairs: the policy: `default`, a checkpoint dir or a run directory")
-    d.add_argument("--judge", default="task_api",
-                   help="sample-pairs: task_api, refusal, package.module:function or a reward-model run")
+    d.add_argument("--judge", default=None,
+                   help="sample-pairs (required): refusal, task_api (the Task API example's judge), "
+                        "package.module:function or a reward-model run")
     d.add_argument("--k", type=int, default=4, help="sample-pairs: answers sampled per prompt")
     d.add_argument("--temperature", type=float, default=1.0)
     d.add_argument("--max-new-tokens", type=int, default=64)

@@ -66,7 +66,9 @@ def test_train_passes_the_config_value_to_tokenizer_and_model(tmp_path, monkeypa
     monkeypatch.setattr(run, "load_tokenizer", tokenizer)
     monkeypatch.setattr(run, "prepare_data", lambda cfg, tok: run.Prepared([], [], ""))
     monkeypatch.setattr(run, "load_model", model)
-    cfg = RunConfig.model_validate({"output_dir": str(tmp_path / "out"), "model": {"trust_remote_code": trust}})
+    (tmp_path / "pairs.jsonl").write_text("{}\n")  # must exist (checked before loading); read by the stub
+    cfg = RunConfig.model_validate({"output_dir": str(tmp_path / "out"), "model": {"trust_remote_code": trust},
+                                    "data": {"train": str(tmp_path / "pairs.jsonl")}})
     with pytest.raises(_Stop):
         run.train(cfg, console=lambda *_: None)
     assert seen["tokenizer"]["trust_remote_code"] is trust and seen["model"]["trust_remote_code"] is trust

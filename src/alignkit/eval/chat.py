@@ -12,7 +12,7 @@ from alignkit.models import load_model, load_tokenizer
 def chat(run: Path, *, max_new_tokens: int = 128, read=input, write=print) -> None:
     from alignkit.train.run import system_prompt
 
-    cfg = load_config(run / "config.yaml")
+    cfg = load_config(run / "config.yaml", paths_from_file=False)
     tokenizer = load_tokenizer(str(run))
     model = load_model(str(run), dtype=cfg.model.dtype)
     system = system_prompt(cfg)

@@ -3,13 +3,15 @@
 "Before" is the reference (the starting weights; with LoRA the same model with the adapter
 switched off, so no second copy is loaded) and "after" is the trained policy. Both answer the same
 probe prompts with greedy decoding, both score the same held-out pairs, and the KL of the policy
-from the reference is estimated on sampled answers.
+from the reference is estimated on sampled answers. Without probes (`eval.probes: null`) only the
+held-out pairs are scored; with neither, the evaluation is skipped and says so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -148,16 +150,29 @@ def _eval_pairs(cfg: RunConfig, tokenizer, system):
     return pairs
 
 
-def evaluate_run(run: Path, console=print) -> dict:
-    """Evaluate a finished run against its reference; write metrics.json, report.md, report.html."""
+def evaluate_run(run: Path, console=print) -> dict | None:
+    """Evaluate a finished run against its reference; write metrics.json, report.md, report.html.
+
+    Returns the metrics, or None when there is nothing to evaluate (no held-out pairs, no probes).
+    A run whose status was `trained` or `eval_failed` becomes `done`."""
+    from alignkit.train.preflight import check_inputs
     from alignkit.train.run import system_prompt
 
-    cfg = load_config(run / "config.yaml")
+    # A run's config.yaml holds absolute paths; older ones hold paths relative to where `train` ran.
+    cfg = load_config(run / "config.yaml", paths_from_file=False)
+    check_inputs(cfg, train=False, evaluate=True)
     info = json.loads((run / "run.json").read_text())
     tokenizer = load_tokenizer(str(run))
     system = system_prompt(cfg)
     probes = load_probes(cfg.eval.probes, system, cfg.eval.max_probes) if cfg.eval.probes else []
     pairs = _eval_pairs(cfg, tokenizer, system) if cfg.method != "sft" else []
+    if not probes and not pairs:
+        console("evaluation skipped: no held-out pairs (data.eval, or data.eval_fraction of the training file) "
+                "and no probes (eval.probes)")
+        _mark_evaluated(run, cfg, info, evaluation="skipped: no held-out pairs and no probes")
+        return None
+    if not probes:
+        console("eval: no probes (eval.probes is null): scoring the held-out pairs only, no generation")
     base = load_model(cfg.model.name_or_path, dtype=cfg.model.dtype,
                       attn_implementation=cfg.model.attn_implementation, allow_pickle=cfg.model.allow_pickle)
     if (run / "final" / "adapter_config.json").is_file():
@@ -167,11 +182,45 @@ def evaluate_run(run: Path, console=print) -> dict:
     else:
         policy, reference = load_model(str(run / "final"), dtype=cfg.model.dtype), base
     result = evaluate_pair(policy, reference, tokenizer, cfg, probes=probes, pairs=pairs, console=console)
-    result["run"] = info
     result["memory"] = {"peak_mb": info.get("peak_memory_mb"), "predicted_mb": info.get("predicted_memory_mb")}
+    result["run"] = _mark_evaluated(run, cfg, info, evaluation="done")  # before the report: diagnose reads it
     write_outputs(run, result, cfg)
     console(format_summary(result))
     return result
+
+
+def _mark_evaluated(run: Path, cfg: RunConfig, info: dict, **fields) -> dict:
+    """run.json after an evaluation that finished: a `trained` / `eval_failed` run is `done` now; the
+    run.json content."""
+    from alignkit.train.run import _write_run_json
+
+    if info.get("status") not in ("trained", "eval_failed"):
+        return info
+    _write_run_json(run, cfg, status="done", eval_error=None, **fields)
+    return json.loads((run / "run.json").read_text())
+
+
+def evaluate_trained_run(run: Path, console=print) -> dict | None:
+    """The evaluation `alignkit train` runs after training (run.json status `trained`).
+
+    Success makes the run `done`. A failure marks it `eval_failed` with the error, keeps `final/`,
+    and raises a `UserError` (or re-raises a bug) saying how to run the evaluation again. An
+    interrupt (KeyboardInterrupt) leaves the status `trained`.
+    """
+    try:
+        return evaluate_run(run, console=console)
+    except Exception as e:
+        from alignkit.train.run import _write_run_json
+
+        cfg = load_config(run / "config.yaml", paths_from_file=False)
+        first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        _write_run_json(run, cfg, status="eval_failed", eval_error=f"{type(e).__name__}: {first}")
+        again = f"the trained model is kept in {run / 'final'}; fix the cause, then evaluate it: alignkit eval {run}"
+        if isinstance(e, UserError):
+            raise UserError(f"training finished, but the evaluation failed: {e.message}", where=e.where,
+                            hint=f"{e.hint}; then: {again}" if e.hint else again) from None
+        print(f"error: training finished, but the evaluation failed ({type(e).__name__}); {again}", file=sys.stderr)
+        raise
 
 
 def write_outputs(run: Path, result: dict, cfg: RunConfig) -> None:
@@ -204,7 +253,7 @@ def _fmt(x) -> str:
 
 def evaluate_model_cli(*, model: str, adapter: str | None, data: str | None, prompts: str | None,
                        system_prompt_file: str | None, out: Path | None, max_new_tokens: int = 48,
-                       beta: float = 0.1, console=print) -> dict:
+                       beta: float = 0.1, task: str = "none", console=print) -> dict:
     """`alignkit eval --model M [--adapter A] --data D --prompts P`.
 
     With an adapter, "before" is the model with the adapter off and "after" with it on; without
@@ -214,7 +263,8 @@ def evaluate_model_cli(*, model: str, adapter: str | None, data: str | None, pro
         "model": {"name_or_path": model},
         "data": {"eval": data, "system_prompt_file": system_prompt_file},
         "train": {"beta": beta},
-        "eval": {"probes": prompts, "max_new_tokens": max_new_tokens, "kl_samples": 1 if adapter else 0}})
+        "eval": {"probes": prompts, "max_new_tokens": max_new_tokens, "kl_samples": 1 if adapter else 0,
+                 "task": task}})
     from alignkit.train.run import system_prompt
 
     tokenizer = load_tokenizer(adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() else model)
