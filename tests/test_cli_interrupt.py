@@ -156,7 +156,7 @@ def test_resume_refuses_what_cannot_change(tmp_path, tiny, monkeypatch, capsys):
 def test_ctrl_c_during_evaluation_says_training_is_saved(tmp_path, tiny, monkeypatch, capsys):
     import alignkit.eval.runner as runner
 
-    def interrupted(run):
+    def interrupted(run, **kw):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(runner, "evaluate_run", interrupted)
@@ -165,7 +165,7 @@ def test_ctrl_c_during_evaluation_says_training_is_saved(tmp_path, tiny, monkeyp
     err = capsys.readouterr().err
     assert f"training is saved in {run / 'final'}; run `alignkit eval {run}` to evaluate it" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert _info(run)["status"] == "done" and (run / "final" / "adapter_model.safetensors").is_file()
+    assert _info(run)["status"] == "trained" and (run / "final" / "adapter_model.safetensors").is_file()
 
 
 def test_ctrl_c_in_held_out_metrics_keeps_the_trained_model(tmp_path, tiny, monkeypatch, capsys):

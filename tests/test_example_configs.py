@@ -1,7 +1,8 @@
 """Every shipped YAML config loads, validates, and names data files that exist and parse.
 
-Configs are run from the repository root (`alignkit train examples/task_api/dpo.yaml`), so their
-paths are relative to it.
+Their data paths are relative to the config's own folder, so they load the same from any current
+folder (checked from an empty one); run directories (output_dir) stay relative to the current folder.
+The Task API scenario is named explicitly (probes, task check, system prompt), never a default.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def test_one_example_per_method():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=_id)
-def test_config_loads_and_names_existing_files(path, monkeypatch):
-    monkeypatch.chdir(ROOT)
+def test_config_loads_and_names_existing_files(path, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # not the repository: the paths come from the config's folder
     cfg = load_config(path)
     files = {"data.train": cfg.data.train, "data.eval": cfg.data.eval,
              "data.system_prompt_file": cfg.data.system_prompt_file, "eval.probes": cfg.eval.probes}
@@ -42,12 +43,16 @@ def test_config_loads_and_names_existing_files(path, monkeypatch):
         if value is not None:
             assert Path(value).is_file(), f"{_id(path)}: {field} = {value} does not exist"
     assert not Path(cfg.output_dir).is_absolute()
+    assert cfg.data.train and Path(cfg.data.train).parent == path.parent / "data"
+    if cfg.eval.enabled:  # the Task API example says so itself
+        assert cfg.eval.task == "task_api" and cfg.eval.probes == str(path.parent / "data" / "probes.jsonl")
+        assert cfg.data.system_prompt_file == str(path.parent / "system_prompt.txt")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=_id)
-def test_data_files_parse_for_the_method(path, monkeypatch):
+def test_data_files_parse_for_the_method(path, monkeypatch, tmp_path):
     """The training and eval files load with the loader `alignkit train` uses for the method."""
-    monkeypatch.chdir(ROOT)
+    monkeypatch.chdir(tmp_path)
     cfg = load_config(path)
     load = {"sft": formats.load_sft, "kto": formats.load_kto}.get(cfg.method, formats.load_preferences)
     for f in (cfg.data.train, cfg.data.eval):

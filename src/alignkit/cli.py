@@ -81,8 +81,10 @@ def cmd_train(args) -> int:
             raise UserError("alignkit train needs a config file or --resume RUN",
                             hint="e.g. alignkit train examples/task_api/dpo.yaml")
         cfg = load_config(args.config, overrides)
+    evaluate = cfg.eval.enabled and not args.no_eval and cfg.method != "reward"
     try:
-        run = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, force=args.force, progress=_progress())
+        run = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, force=args.force, progress=_progress(),
+                    evaluate_after=evaluate)
     except KeyboardInterrupt:  # outside the loop's own handler: loading, a second Ctrl-C, held-out metrics
         out = Path(cfg.output_dir)
         if finished_steps(out) is not None:
@@ -97,12 +99,12 @@ def cmd_train(args) -> int:
     info = json.loads((run / "run.json").read_text()) if (run / "run.json").is_file() else {}
     if info.get("status") == "interrupted":  # a checkpoint was saved; scripts must not carry on
         return 143 if info.get("signal") == "SIGTERM" else 130
-    if cfg.eval.enabled and (run / "final").is_dir() and not args.no_eval and cfg.method != "reward":
+    if evaluate and (run / "final").is_dir():
         from alignkit.eval.generation import progress_printer
-        from alignkit.eval.runner import evaluate_run
+        from alignkit.eval.runner import evaluate_trained_run
 
-        try:
-            evaluate_run(run, progress=progress_printer())
+        try:  # run.json: `done` on success, `eval_failed` (exit 2, final/ kept) if not
+            evaluate_trained_run(run, progress=progress_printer())
         except KeyboardInterrupt:
             print(f"\nevaluation interrupted: training is saved in {run / 'final'}; run `alignkit eval {run}` "
                   f"to evaluate it", file=sys.stderr)
@@ -172,9 +174,11 @@ def cmd_data(args) -> int:
     if args.dataset == "sample-pairs":
         from alignkit.data.sample_pairs import sample_pairs_file
 
-        if not (args.input and args.model):
-            raise UserError("alignkit data sample-pairs needs a prompts file and --model",
-                            hint="alignkit data sample-pairs prompts.jsonl --model runs/sft --out pairs.jsonl")
+        if not (args.input and args.model and args.judge):
+            raise UserError("alignkit data sample-pairs needs a prompts file, --model and --judge",
+                            hint="alignkit data sample-pairs prompts.jsonl --model runs/sft --judge JUDGE --out pairs.jsonl"
+                                 " (JUDGE: refusal, task_api for the Task API example, package.module:function "
+                                 "or a reward run)")
         sample_pairs_file(args.input, model=args.model, out=args.out, judge=args.judge, k=args.k,
                           temperature=args.temperature, max_new_tokens=args.max_new_tokens,
                           batch_size=args.batch_size, seed=args.seed, chosen=args.chosen,
@@ -475,8 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-eval", type=int, default=200, help="task-api: held-out pairs to write")
     d.add_argument("--seed", type=int, default=0, help="random seed (task-api data, sample-pairs sampling)")
     d.add_argument("--model", help="sample-pairs: the policy: `default`, a checkpoint dir or a run directory")
-    d.add_argument("--judge", default="task_api",
-                   help="sample-pairs: task_api, refusal, package.module:function or a reward-model run")
+    d.add_argument("--judge", default=None,
+                   help="sample-pairs (required): refusal, task_api (the Task API example's judge), "
+                        "package.module:function or a reward-model run")
     d.add_argument("--k", type=int, default=4, help="sample-pairs: answers sampled per prompt")
     d.add_argument("--temperature", type=float, default=1.0, help="sample-pairs: sampling temperature")
     d.add_argument("--max-new-tokens", type=int, default=64, help="sample-pairs: answer length limit")

@@ -162,7 +162,8 @@ def _finished(path: Path, flag: str, what: str) -> dict:
     if not is_run_dir(path):
         raise UserError(f"not a run directory (no run.json): {path}", where=flag, hint=f"name a finished {what} run")
     info = json.loads((path / "run.json").read_text())
-    if info.get("status") != "done" or not (path / "final").is_dir():
+    # `trained` / `eval_failed`: training finished (final/ is complete), its own evaluation did not run or failed
+    if info.get("status") not in ("done", "trained", "eval_failed") or not (path / "final").is_dir():
         raise UserError(f"the run {path} has not finished (status {info.get('status')!r})", where=flag,
                         hint=f"finish it: alignkit train --resume {path}")
     return info

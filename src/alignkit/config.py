@@ -7,11 +7,20 @@ mistake names the field and what is allowed. Loading uses `yaml.safe_load` only.
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from alignkit.errors import UserError
 
@@ -63,14 +72,15 @@ class ModelConfig(_Section):
 
 
 class DataConfig(_Section):
-    train: str = "examples/task_api/data/train.jsonl"
-    """Training file: .jsonl, .json, .csv or .parquet."""
-    eval: str | None = "examples/task_api/data/eval.jsonl"
+    train: str | None = None
+    """Training file: .jsonl, .json, .csv or .parquet. Required by `alignkit train`."""
+    eval: str | None = None
     """Held-out file; None splits `eval_fraction` off the training file (by prompt)."""
     eval_fraction: float = Field(0.05, ge=0, lt=1)
     """Share of training prompts held out when `eval` is None."""
-    system_prompt_file: str | None = "examples/task_api/system_prompt.txt"
-    """A text file whose content becomes the system message of every row without its own `system`."""
+    system_prompt_file: str | None = None
+    """A text file whose content becomes the system message of every row without its own `system`;
+    None adds no system message."""
     max_length: int = Field(384, ge=8)
     """Longest prompt + completion in tokens; longer rows are truncated (prompt first, from the left)."""
     max_prompt_length: int = Field(256, ge=4)
@@ -187,8 +197,9 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     enabled: bool = True
     """Evaluate the reference before and the policy after training, and write report.md/html."""
-    probes: str | None = "examples/task_api/data/probes.jsonl"
-    """Prompts labelled harmful / benign / alarming for generation metrics."""
+    probes: str | None = None
+    """Prompts labelled harmful / benign / alarming for generation metrics; None: the evaluation scores
+    the held-out pairs only (no generation)."""
     max_probes: int | None = Field(None, ge=1)
     """Use only the first N probes."""
     max_new_tokens: int = Field(64, ge=1)
@@ -199,8 +210,9 @@ class EvalConfig(_Section):
     """Sample answers instead of greedy decoding."""
     kl_samples: int = Field(1, ge=0)
     """Sampled completions per probe for the KL(policy || reference) estimate (0 disables)."""
-    task: Literal["task_api", "none"] = "task_api"
-    """Task-quality check applied to benign answers: `task_api` parses the task JSON."""
+    task: Literal["task_api", "none"] = "none"
+    """Task-quality check applied to benign answers: `task_api` parses the Task API example's task JSON
+    (examples/task_api); `none` checks no task format."""
 
 
 class RunConfig(_Section):
@@ -212,6 +224,12 @@ class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    _source: str = PrivateAttr("config")  # the config file it was read from, for error messages
+
+    @property
+    def source(self) -> str:
+        """Where the config came from: its YAML file, "command line", or "config" (built in Python)."""
+        return self._source
 
     @field_validator("method")
     @classmethod
@@ -281,8 +299,30 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a YAML config (or start from defaults when `path` is None) and apply overrides."""
+# Input files a config names. Relative paths in a YAML file are read from that file's folder (so a
+# config and its data travel together); relative paths in `a.b=c` overrides from the current folder.
+# Both are stored absolute, so a run directory's config.yaml reads the same files from anywhere.
+# output_dir, model.name_or_path and train.reward_model name runs you make: they stay relative to
+# the current folder, as the commands that made them were.
+PATH_FIELDS = ("data.train", "data.eval", "data.system_prompt_file", "eval.probes")
+
+
+def _resolve_paths(data: dict, base: Path) -> None:
+    """Make the PATH_FIELDS of a raw config mapping absolute against `base` (in place)."""
+    for dotted in PATH_FIELDS:
+        section, field = dotted.split(".")
+        node = data.get(section)
+        if isinstance(node, dict) and isinstance(node.get(field), str) and node[field].strip():
+            node[field] = os.path.abspath(os.path.join(base, os.path.expanduser(node[field])))
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), *, paths_from_file: bool = True) -> RunConfig:
+    """Read a YAML config (or start from defaults when `path` is None) and apply overrides.
+
+    Relative input paths (PATH_FIELDS) in the file resolve from the file's folder, those in
+    overrides from the current folder; `paths_from_file=False` reads the file's relative paths from
+    the current folder too (a run directory's config.yaml written before paths were stored absolute).
+    """
     data: dict = {}
     source = "command line"
     if path is not None:
@@ -300,11 +340,16 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig
             raise UserError(f"not valid YAML: {getattr(e, 'problem', e)}", where=where) from None
         if not isinstance(data, dict):
             raise UserError("a config file must be a mapping of fields", where=source)
+        if paths_from_file:
+            _resolve_paths(data, path.parent.absolute())
     apply_overrides(data, list(overrides))
+    _resolve_paths(data, Path.cwd())  # the overrides' paths (the file's are absolute by now)
     try:
-        return RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         raise _user_error(e, source) from None
+    cfg._source = source
+    return cfg
 
 
 def dump_config(cfg: RunConfig) -> str:

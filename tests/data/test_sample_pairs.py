@@ -339,8 +339,11 @@ def test_cli_bad_judge_is_refused_before_the_model_loads(tiny, prompts_file, jud
         assert "--judge" in err and spec in err
     assert not out.exists() and not stats.exists()
     out.write_text("old\n")
-    assert cli(prompts_file, "--model", tiny, "--out", out) == 2
+    assert cli(prompts_file, "--model", tiny, "--out", out, "--judge", "pairjudges:constant") == 2
     assert str(out) in capsys.readouterr().err and out.read_text() == "old\n"
+    out.unlink()
+    assert cli(prompts_file, "--model", tiny, "--out", out) == 2  # no judge: none is picked for you
+    assert "--judge" in capsys.readouterr().err and not out.exists()
 
 
 def test_cli_no_pair_writes_stats_not_an_empty_file(tiny, prompts_file, judges, tmp_path, capsys):

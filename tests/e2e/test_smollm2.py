@@ -43,7 +43,7 @@ def test_train_report_and_separate_eval_agree(tmp_path):
                  "--data", str(_head(ROOT / "examples/task_api/data/eval.jsonl", 8, tmp_path / "eval.jsonl")),
                  "--prompts", str(_head(ROOT / "examples/task_api/data/probes.jsonl", 6, tmp_path / "probes.jsonl")),
                  "--system-prompt-file", str(ROOT / "examples/task_api/system_prompt.txt"),
-                 "--max-new-tokens", "12", "--out", str(out)])
+                 "--max-new-tokens", "12", "--task", "task_api", "--out", str(out)])
     assert code == 0
     separate = json.loads((out / "metrics.json").read_text())
     for key in ("reward_accuracy", "reward_margin"):

@@ -47,7 +47,7 @@ def _cfg(tmp: Path, ckpt: Path, data: Path, probes: Path, name: str, **train) ->
         "data": {"train": str(data), "eval": str(data), "system_prompt_file": None, "max_length": 96,
                  "max_prompt_length": 64},
         "train": t,
-        "eval": {"probes": str(probes), "max_new_tokens": 12, "kl_samples": 0}})
+        "eval": {"probes": str(probes), "max_new_tokens": 12, "kl_samples": 0, "task": "task_api"}})
 
 
 def _write(path: Path, rows: list[dict]) -> Path:

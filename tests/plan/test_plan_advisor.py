@@ -72,6 +72,19 @@ def test_paired_on_a_chat_model_is_dpo_and_validates(tmp_path):
     config.RunConfig.model_validate(rec.config)
 
 
+def test_recommended_config_names_its_data_absolute_so_it_can_be_saved_anywhere(tmp_path, monkeypatch):
+    name = _write(tmp_path, PAIRS).name
+    monkeypatch.chdir(tmp_path)
+    rec = recommend(name, "default", "t4", eval_path=name)
+    assert rec.config["data"]["train"] == rec.config["data"]["eval"] == str(tmp_path / name)
+    saved = tmp_path / "configs" / "dpo.yaml"  # `alignkit recommend ... > configs/dpo.yaml`
+    saved.parent.mkdir()
+    saved.write_text(rec.yaml)
+    from alignkit.config import load_config
+
+    assert load_config(saved).data.train == str(tmp_path / name)
+
+
 def test_paired_on_a_base_model_is_orpo(tmp_path):
     rec = recommend(_write(tmp_path, PAIRS), "qwen2.5-0.5b", "l4", sft_model=False)
     assert rec.method == "orpo" and "beta" not in rec.config["train"] and rec.config["model"]["dtype"] == "bfloat16"

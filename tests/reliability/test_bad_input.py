@@ -79,7 +79,7 @@ def _assert_refused(code: int, err: str, out: Path, *needles: str):
 
 # (id, _run keyword arguments, substrings the message must hold)
 DATA_CASES = [
-    ("missing_file", dict(data=Path("nope.jsonl")), ["nope.jsonl", "file not found"]),
+    ("missing_file", dict(data=Path("nope.jsonl")), ["cfg.yaml", "data.train: file not found", "nope.jsonl"]),
     ("unreadable_directory", dict(data=Path("adir.jsonl")), ["adir.jsonl", "directory"]),
     ("not_json", dict(lines=[_row(), "{oops not json", _row()]), ["data.jsonl:2", "not valid JSON"]),
     ("truncated_last_line", dict(raw=(_row() + "\n" + _row()[:30]).encode()), ["data.jsonl:2", "truncated"]),
@@ -119,10 +119,12 @@ CONFIG_CASES = [
     ("zero_learning_rate", dict(cfg={"train.learning_rate": 0}), ["train.learning_rate", "greater than 0"]),
     ("zero_batch", dict(overrides=["train.micro_batch_size=0"]), ["train.micro_batch_size", "greater than or equal to 1"]),
     ("unknown_method", dict(overrides=["method=dpo2"]), ["method", "allowed"]),
-    ("missing_model_dir", dict(cfg={"model.name_or_path": "./models/gone"}), ["./models/gone", "does not exist"]),
-    ("missing_model_name", dict(cfg={"model.name_or_path": "no-such-model"}), ["no-such-model", "does not exist"]),
+    ("missing_model_dir", dict(cfg={"model.name_or_path": "./models/gone"}),
+     ["model.name_or_path: directory not found", "./models/gone"]),
+    ("missing_model_name", dict(cfg={"model.name_or_path": "no-such-model"}),
+     ["model.name_or_path: directory not found", "no-such-model"]),
     ("missing_system_prompt_file", dict(cfg={"data.system_prompt_file": "nope/system.txt"}),
-     ["data.system_prompt_file", "nope/system.txt"]),
+     ["cfg.yaml", "data.system_prompt_file: file not found", "nope/system.txt"]),
 ]
 # Known gaps in other modules: the test documents the wanted behaviour and flips when it is fixed.
 GAPS: dict[str, str] = {}  # case id -> known gap (strict xfail); empty now that every message has a hint

@@ -45,7 +45,7 @@ def test_trust_remote_code_is_off_by_default_and_passed_through(tmp_path, monkey
     calls.clear()
     with pytest.raises(AttributeError):  # the Linear stand-in has no pad_token_id; the call is what counts
         models.load_tokenizer(str(ckpt))
-    assert calls == [{"trust_remote_code": False}]
+    assert [c["trust_remote_code"] for c in calls] == [False] and calls[0].get("local_files_only") is True
 
 
 @pytest.mark.parametrize("trust", [False, True])
@@ -66,7 +66,9 @@ def test_train_passes_the_config_value_to_tokenizer_and_model(tmp_path, monkeypa
     monkeypatch.setattr(run, "load_tokenizer", tokenizer)
     monkeypatch.setattr(run, "prepare_data", lambda cfg, tok: run.Prepared([], [], ""))
     monkeypatch.setattr(run, "load_model", model)
-    cfg = RunConfig.model_validate({"output_dir": str(tmp_path / "out"), "model": {"trust_remote_code": trust}})
+    (tmp_path / "pairs.jsonl").write_text("{}\n")  # must exist (checked before loading); read by the stub
+    cfg = RunConfig.model_validate({"output_dir": str(tmp_path / "out"), "model": {"trust_remote_code": trust},
+                                    "data": {"train": str(tmp_path / "pairs.jsonl")}})
     with pytest.raises(_Stop):
         run.train(cfg, console=lambda *_: None)
     assert seen["tokenizer"]["trust_remote_code"] is trust and seen["model"]["trust_remote_code"] is trust

@@ -296,7 +296,7 @@ def format_stats(stats: dict) -> str:
     return "\n".join(lines)
 
 
-def sample_pairs_file(prompts_path: str | Path, *, model: str, out: str | Path, judge: str = "task_api",
+def sample_pairs_file(prompts_path: str | Path, *, model: str, out: str | Path, judge: str,
                       k: int = 4, temperature: float = 1.0, max_new_tokens: int = 64, batch_size: int = 32,
                       seed: int = 0, chosen: str = "best_or_reference", min_margin: float = 0.0,
                       keep_ties: bool = True, system_prompt_file: str | None = None,

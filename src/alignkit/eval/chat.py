@@ -45,7 +45,7 @@ def load_chat_model(target: str | None = None, *, model: str | None = None, adap
         if (path / "config.yaml").is_file():
             from alignkit.config import load_config
 
-            cfg = load_config(path / "config.yaml")
+            cfg = load_config(path / "config.yaml", paths_from_file=False)
             dtype = cfg.model.dtype
             try:
                 system = system_prompt(cfg)

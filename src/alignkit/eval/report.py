@@ -147,7 +147,7 @@ def _changed_from_raw(examples: list[dict], config: dict) -> list[dict]:
     from alignkit.data.task_api import parse_task
     from alignkit.judges.refusal import is_refusal
 
-    task = (config.get("eval") or {}).get("task", "task_api")
+    task = (config.get("eval") or {}).get("task", "none")
     return changed_examples([e.get("prompt", "") for e in examples], [e.get("category", "") for e in examples],
                             [e.get("before", "") for e in examples], [e.get("after", "") for e in examples],
                             is_refusal, parse_task if task == "task_api" else None)

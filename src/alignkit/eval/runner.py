@@ -8,12 +8,15 @@ an adapter) is evaluated once: its metrics are under "after" and there is no "be
 
 `progress(label, done, total)`, when given, hears about every generation batch
 (`alignkit.eval.generation.progress_printer` prints it with an ETA); None keeps library calls quiet.
+Without probes (`eval.probes: null`) only the held-out pairs are scored; with neither, the
+evaluation is skipped and says so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -200,24 +203,36 @@ def _eval_pairs(cfg: RunConfig, tokenizer, system):
 
 
 def evaluate_run(run: Path, console=print, *, max_probes: int | None = None, max_eval_rows: int | None = None,
-                 task: str | None = None, max_new_tokens: int | None = None, progress=None) -> dict:
+                 task: str | None = None, max_new_tokens: int | None = None, progress=None) -> dict | None:
     """Evaluate a finished run against its reference; write metrics.json, report.md, report.html.
 
     `max_probes`, `max_eval_rows`, `task` and `max_new_tokens`, when given, replace the run config's
     `eval.max_probes`, `data.max_eval_rows`, `eval.task` and `eval.max_new_tokens` for this evaluation
-    (the report's config shows the values used).
+    (the report's config shows the values used). Returns the metrics, or None when there is nothing
+    to evaluate (no held-out pairs, no probes). A run whose status was `trained` or `eval_failed`
+    becomes `done`.
     """
+    from alignkit.train.preflight import check_inputs
     from alignkit.train.run import system_prompt
 
     overrides = [f"{field}={value}" for field, value in (
         ("eval.max_probes", max_probes), ("data.max_eval_rows", max_eval_rows), ("eval.task", task),
         ("eval.max_new_tokens", max_new_tokens)) if value is not None]
-    cfg = load_config(run / "config.yaml", overrides)
+    # A run's config.yaml holds absolute paths; older ones hold paths relative to where `train` ran.
+    cfg = load_config(run / "config.yaml", overrides, paths_from_file=False)
+    check_inputs(cfg, train=False, evaluate=True)
     info = json.loads((run / "run.json").read_text())
     tokenizer = load_tokenizer(str(run))
     system = system_prompt(cfg)
     probes = load_probes(cfg.eval.probes, system, cfg.eval.max_probes) if cfg.eval.probes else []
     pairs = _eval_pairs(cfg, tokenizer, system) if cfg.method != "sft" else []
+    if not probes and not pairs:
+        console("evaluation skipped: no held-out pairs (data.eval, or data.eval_fraction of the training file) "
+                "and no probes (eval.probes)")
+        _mark_evaluated(run, cfg, info, evaluation="skipped: no held-out pairs and no probes")
+        return None
+    if not probes:
+        console("eval: no probes (eval.probes is null): scoring the held-out pairs only, no generation")
     base = load_model(cfg.model.name_or_path, dtype=cfg.model.dtype,
                       attn_implementation=cfg.model.attn_implementation, allow_pickle=cfg.model.allow_pickle)
     if (run / "final" / "adapter_config.json").is_file():
@@ -228,11 +243,45 @@ def evaluate_run(run: Path, console=print, *, max_probes: int | None = None, max
         policy, reference = load_model(str(run / "final"), dtype=cfg.model.dtype), base
     result = evaluate_pair(policy, reference, tokenizer, cfg, probes=probes, pairs=pairs, console=console,
                            progress=progress)
-    result["run"] = info
     result["memory"] = {"peak_mb": info.get("peak_memory_mb"), "predicted_mb": info.get("predicted_memory_mb")}
+    result["run"] = _mark_evaluated(run, cfg, info, evaluation="done")  # before the report: diagnose reads it
     write_outputs(run, result, cfg)
     console(format_summary(result))
     return result
+
+
+def _mark_evaluated(run: Path, cfg: RunConfig, info: dict, **fields) -> dict:
+    """run.json after an evaluation that finished: a `trained` / `eval_failed` run is `done` now; the
+    run.json content."""
+    from alignkit.train.run import _write_run_json
+
+    if info.get("status") not in ("trained", "eval_failed"):
+        return info
+    _write_run_json(run, cfg, status="done", eval_error=None, **fields)
+    return json.loads((run / "run.json").read_text())
+
+
+def evaluate_trained_run(run: Path, console=print, progress=None) -> dict | None:
+    """The evaluation `alignkit train` runs after training (run.json status `trained`).
+
+    Success makes the run `done`. A failure marks it `eval_failed` with the error, keeps `final/`,
+    and raises a `UserError` (or re-raises a bug) saying how to run the evaluation again. An
+    interrupt (KeyboardInterrupt) leaves the status `trained`.
+    """
+    try:
+        return evaluate_run(run, console=console, progress=progress)
+    except Exception as e:
+        from alignkit.train.run import _write_run_json
+
+        cfg = load_config(run / "config.yaml", paths_from_file=False)
+        first = (str(e).splitlines() or [type(e).__name__])[0][:300]
+        _write_run_json(run, cfg, status="eval_failed", eval_error=f"{type(e).__name__}: {first}")
+        again = f"the trained model is kept in {run / 'final'}; fix the cause, then evaluate it: alignkit eval {run}"
+        if isinstance(e, UserError):
+            raise UserError(f"training finished, but the evaluation failed: {e.message}", where=e.where,
+                            hint=f"{e.hint}; then: {again}" if e.hint else again) from None
+        print(f"error: training finished, but the evaluation failed ({type(e).__name__}); {again}", file=sys.stderr)
+        raise
 
 
 def write_outputs(run: Path, result: dict, cfg: RunConfig) -> None:

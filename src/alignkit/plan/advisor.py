@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -421,7 +422,9 @@ def recommend(data: str | Path | DataStats, arch: str | Arch = "default", hardwa
         "model": {"name_or_path": name, "dtype": _DTYPE_NAMES[inp.dtype], "quantization": inp.quant,
                   "gradient_checkpointing": inp.grad_ckpt,
                   "lora": {"enabled": lora, "r": 16, "alpha": 32, "dropout": 0.0, "target_modules": None}},
-        "data": {"train": stats.path, "eval": eval_path, "system_prompt_file": None,
+        # Absolute: a config reads relative paths from its own folder, and this one is saved anywhere.
+        "data": {"train": os.path.abspath(stats.path), "eval": os.path.abspath(eval_path) if eval_path else None,
+                 "system_prompt_file": None,
                  "max_length": max_length, "max_prompt_length": max_prompt},
         "train": {"learning_rate": lr, "epochs": epochs, "micro_batch_size": inp.micro_batch,
                   "gradient_accumulation_steps": inp.grad_accum, "reference": ref},

@@ -147,13 +147,14 @@ def advantages_for(method: str, tcfg, scores, old, ref, values, mask, kl_coef: f
 
 
 def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, force: bool = False,
-               console=print, progress=None) -> Path:
-    """`alignkit train` for ppo / rloo / grpo; returns the run directory."""
+               console=print, progress=None, evaluate_after: bool = False) -> Path:
+    """`alignkit train` for ppo / rloo / grpo; returns the run directory (see `run.train`)."""
     from alignkit.judges import load_judge
     from alignkit.train.run import (
         _resume,
         _write_run_json,
         check_run_dir,
+        finished_status,
         peak_memory_mb,
         prepare_run_dir,
         run_plan,
@@ -275,7 +276,7 @@ def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     if unwrapped.value_head is not None:
         save_file({k_: v.detach().cpu().contiguous() for k_, v in unwrapped.value_head.state_dict().items()},
                   run / "final" / "value_head.safetensors")
-    _write_run_json(run, cfg, status="done", steps=steps, done=state.step,
+    _write_run_json(run, cfg, status=finished_status(evaluate_after), steps=steps, done=state.step,
                     train_seconds=round(time.perf_counter() - t_start, 1), peak_memory_mb=peak_memory_mb(device))
     accelerator.end_training()
     return run

@@ -1,5 +1,8 @@
-"""Checks before a run spends time: enough disk for its checkpoints, enough memory for its plan; and
-what to say when a step runs out of memory anyway.
+"""Checks before a run spends time: every input it names exists, enough disk for its checkpoints,
+enough memory for its plan; and what to say when a step runs out of memory anyway.
+
+- `check_inputs(cfg, train=..., evaluate=...)`: every file and directory the config names exists
+  (data files, system prompt, probes, model, reward run), all reported at once, each with its field.
 
 - `checkpoint_bytes(model, keep)` and `check_disk(run_dir, needed)`: a checkpoint holds the trainable
   weights and AdamW's two moments (~3x the trainable weights); `keep` complete checkpoints stay on
@@ -38,6 +41,65 @@ def _size(nbytes: float) -> str:
     if nbytes >= GiB:
         return f"{nbytes / GiB:.2f} GiB"
     return f"{nbytes / 2**20:.1f} MiB"
+
+
+def _missing_model(name: str) -> bool:
+    """A model.name_or_path that can be nothing but a local path, and is not there (as models._resolve_path)."""
+    from alignkit.models import DEFAULT_MODEL
+
+    if name == DEFAULT_MODEL or Path(name).exists():
+        return False
+    return not ("/" in name and not name.startswith((".", "/")))  # else a hub id, looked up in the cache
+
+
+def _missing_judge(spec: str) -> bool:
+    """A reward/gold judge spec that is neither a judge name nor a function, and no directory either."""
+    from alignkit.judges import registered_judges
+    from alignkit.judges.function import looks_like_function_spec
+
+    spec = spec.strip()
+    return not (spec in registered_judges() or Path(spec).expanduser().is_dir() or looks_like_function_spec(spec))
+
+
+def check_inputs(cfg, *, train: bool = True, evaluate: bool = False) -> None:
+    """Raise one `UserError` listing every input of `cfg` that is missing, each with its config field.
+
+    `train`: what training reads (data files, system prompt, model, reward judge); `evaluate`: what
+    the before/after evaluation reads (probes, held-out file, system prompt, model). Called before
+    anything is loaded or written, so a missing file costs seconds, not a training run.
+    """
+    from alignkit.config import ONLINE_METHODS
+
+    d, problems = cfg.data, []
+    if train and not d.train:
+        problems.append("data.train: not set (the training file is required)")
+    files = [("data.system_prompt_file", d.system_prompt_file)]
+    if train or (evaluate and not d.eval):  # without data.eval the evaluation re-splits the training file
+        files.insert(0, ("data.train", d.train))
+    if train or evaluate:
+        files.insert(1, ("data.eval", d.eval))
+    if evaluate:
+        files.append(("eval.probes", cfg.eval.probes))
+    problems += [f"{field}: file not found: {path}" for field, path in files if path and not Path(path).exists()]
+    if _missing_model(cfg.model.name_or_path):
+        problems.append(f"model.name_or_path: directory not found: {cfg.model.name_or_path}")
+    if train and cfg.method in ONLINE_METHODS:
+        for field in ("reward_model", "gold_judge"):
+            spec = getattr(cfg.train, field)
+            if isinstance(spec, str) and spec.strip() and _missing_judge(spec):
+                from alignkit.judges import registered_judges
+
+                problems.append(f"train.{field}: run directory not found: {spec}" if "/" in spec or "." in spec else
+                                f"train.{field}: unknown judge {spec!r} (judges: {', '.join(registered_judges())}; "
+                                "or a reward run's directory, or package.module:function)")
+    if not problems:
+        return
+    head = problems[0] if len(problems) == 1 else f"{len(problems)} inputs not found:\n  " + "\n  ".join(problems)
+    hint = ("fix the paths, or set optional fields to null (relative paths in a config file are read from that "
+            "file's folder; in field=value overrides, from the current folder)")
+    if train and not d.train:
+        hint = "set data.train to your training file (.jsonl, .json, .csv or .parquet); " + hint
+    raise UserError(head, where=cfg.source, hint=hint)
 
 
 def checkpoint_bytes(model, keep: int) -> int:

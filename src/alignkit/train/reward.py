@@ -99,7 +99,7 @@ def score_file(reward_run: str, data: str, out: Path, *, system_prompt_file: str
     from alignkit.reward_model import load_reward_run
 
     model, tokenizer, offset = load_reward_run(reward_run, where="--reward")
-    cfg = load_config(Path(reward_run) / "config.yaml")
+    cfg = load_config(Path(reward_run) / "config.yaml", paths_from_file=False)
     spf = system_prompt_file or cfg.data.system_prompt_file
     system = Path(spf).read_text(encoding="utf-8").strip() if spf and Path(spf).is_file() else None
     kw = dict(max_length=cfg.data.max_length, max_prompt_length=cfg.data.max_prompt_length)

@@ -1,8 +1,9 @@
 """`alignkit train`: a config in, a run directory out.
 
-Order of work: check the run directory, load tokenizer and data (cheap errors first), load the
-model, set up LoRA and the reference, build the schedule, resume if asked, train, save `final/`,
-evaluate.
+Order of work: check that every input the config names exists, check the run directory, load
+tokenizer and data (cheap errors first), load the model, set up LoRA and the reference, build the
+schedule, resume if asked, train, save `final/`. run.json's status ends `done`, or `trained` when the
+caller evaluates next (`alignkit train`: `alignkit.eval.runner.evaluate_trained_run` makes it `done`).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ def system_prompt(cfg: RunConfig) -> str | None:
         return None
     path = Path(cfg.data.system_prompt_file)
     if not path.is_file():
-        raise UserError("system prompt file not found", where=f"config field data.system_prompt_file ({path})",
+        raise UserError(f"data.system_prompt_file: file not found: {path}", where=cfg.source,
                         hint="fix the path or set data.system_prompt_file: null")
     return path.read_text(encoding="utf-8").strip()
 
@@ -153,8 +154,9 @@ def resume_config(run: Path, overrides: list[str], console=print) -> RunConfig:
     if not (run / "config.yaml").is_file():
         raise UserError("not a run directory (no config.yaml)", where=str(run),
                         hint="pass the output_dir of an earlier `alignkit train`")
-    old = load_config(run / "config.yaml", [f"output_dir={run}"])
-    new = load_config(run / "config.yaml", [*overrides, f"output_dir={run}"])
+    # A run's config.yaml holds absolute paths; older ones hold paths relative to where `train` ran.
+    old = load_config(run / "config.yaml", [f"output_dir={run}"], paths_from_file=False)
+    new = load_config(run / "config.yaml", [*overrides, f"output_dir={run}"], paths_from_file=False)
     changed = _changed(old.model_dump(mode="json"), new.model_dump(mode="json"))
     fixed = [k for k in changed if not k.startswith(RESUMABLE)]
     if fixed:
@@ -179,14 +181,18 @@ def resume_config(run: Path, overrides: list[str], console=print) -> RunConfig:
     return new
 
 
+FINISHED = ("done", "trained", "eval_failed")
+
+
 def finished_steps(run: Path) -> int | None:
-    """The number of steps of a finished run (run.json status `done`), else None."""
+    """The number of steps of a run whose training finished (run.json status `done`, or `trained` /
+    `eval_failed`: trained, evaluation pending or failed), else None."""
     path = run / "run.json"
     try:
         info = json.loads(path.read_text()) if path.is_file() else {}
     except ValueError:
         return None
-    return int(info.get("done") or info.get("steps") or 0) if info.get("status") == "done" else None
+    return int(info.get("done") or info.get("steps") or 0) if info.get("status") in FINISHED else None
 
 
 def run_plan(cfg: RunConfig, device):
@@ -231,12 +237,17 @@ def _reference(cfg: RunConfig, model, lora: bool, pairs, evals, pad_id, device, 
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, force: bool = False,
-          console=print, progress=None) -> Path:
-    """Run `cfg` to completion (or resume it); returns the run directory."""
+          evaluate_after: bool = False, console=print, progress=None) -> Path:
+    """Run `cfg` to completion (or resume it); returns the run directory.
+
+    `evaluate_after`: the caller evaluates the run next, so the evaluation's inputs are checked up
+    front too and the finished run's status is `trained` (not yet `done`)."""
+    preflight.check_inputs(cfg, train=True, evaluate=evaluate_after)  # before anything is loaded
     if cfg.method in ONLINE_METHODS:  # rollout-then-update: a loop of its own
         from alignkit.train.ppo import run_online
 
-        return run_online(cfg, resume=resume, overwrite=overwrite, force=force, console=console, progress=progress)
+        return run_online(cfg, resume=resume, overwrite=overwrite, force=force, console=console, progress=progress,
+                          evaluate_after=evaluate_after)
     run = check_run_dir(cfg, resume=resume, overwrite=overwrite)
     tcfg = cfg.train
     mp = tcfg.mixed_precision
@@ -351,7 +362,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
         save_final(accelerator.unwrap_model(forward).model, tokenizer, run)
         if cfg.method == "reward":  # it scores its held-out pairs itself
             _finish_reward(cfg, model, data, pad_id, run, console)
-        _write_run_json(run, cfg, status="done", steps=total_steps, done=state.step,
+        _write_run_json(run, cfg, status=finished_status(evaluate_after), steps=total_steps, done=state.step,
                         train_seconds=round(time.perf_counter() - t0, 1), skipped_steps=state.skipped_steps,
                         peak_memory_mb=peak_memory_mb(accelerator.device))
     # The held-out metrics come after final/ and "done": a Ctrl-C here loses no training.
@@ -361,6 +372,11 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return run
+
+
+def finished_status(evaluate_after: bool) -> str:
+    """run.json status of a run whose training finished: `trained` while an evaluation is to follow."""
+    return "trained" if evaluate_after else "done"
 
 
 def _finish_reward(cfg: RunConfig, model, data: Prepared, pad_id: int, run: Path, console) -> None:
@@ -387,7 +403,8 @@ def _resume(run: Path, model, optimizer, scheduler, log_file: Path, console) -> 
         console(n)
     if ckpt is None:
         if (run / "final").is_dir():
-            raise UserError("this run already finished", where=str(run), hint="start a new output_dir")
+            raise UserError("this run already finished", where=str(run),
+                            hint=f"start a new output_dir; to evaluate it again: alignkit eval {run}")
         console("no complete checkpoint: starting from step 0")
         log_file.write_text("")
         return LoopState()
