@@ -196,7 +196,8 @@ def child_matmul(args) -> dict:
     import torch
 
     n = 2048
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = float("inf")
     for _ in range(8):
@@ -222,7 +223,7 @@ def child_alignkit(args) -> dict:
     spec = json.loads(Path(args.spec).read_text())
     W, M = spec["warm"], spec["measured"]
     torch.manual_seed(SEED)
-    accelerator = Accelerator(mixed_precision="no", cpu=True)
+    accelerator = Accelerator(mixed_precision="bf16" if args.precision == "bf16" else "no", cpu=True)
     tok = load_tokenizer(args.model_dir)
     rows, _ = load_preferences(spec["rows"])  # prompts already carry the system message
     items, _ = tokenize_pairs(tok, rows, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT_LENGTH)
@@ -391,16 +392,20 @@ def throughput(name: str, sizes, work: Path, model_dir: Path, tokenizer, rows, l
     spec_path = work / f"{name}.spec.json"
     spec_path.write_text(json.dumps(spec))
     pairs = measured * MICRO
-    res: dict[str, list[dict]] = {"alignkit": [], "trl": []}
+    who_all = ("alignkit", "alignkit_bf16", "trl")
+    res: dict[str, list[dict]] = {who: [] for who in who_all}
     for k in range(rounds):
-        for who in ("alignkit", "trl") if k % 2 == 0 else ("trl", "alignkit"):
-            r = run_child(who, model_dir, spec_path)
+        for who in who_all if k % 2 == 0 else who_all[::-1]:
+            if who == "alignkit_bf16":
+                r = run_child("alignkit", model_dir, spec_path, precision="bf16")
+            else:
+                r = run_child(who, model_dir, spec_path)
             res[who].append(r)
-            log(f"  {name} round {k + 1} {who:8s}: {pairs / r['seconds']:.3f} pairs/s "
+            log(f"  {name} round {k + 1} {who:13s}: {pairs / r['seconds']:.3f} pairs/s "
                 f"({r['seconds']:.1f} s measured, {r['process_seconds']:.0f} s process), "
                 f"peak RSS {r['peak_rss_mb']:.0f} MB")  # fmt: skip
     out = {}
-    for who in ("alignkit", "trl"):
+    for who in who_all:
         secs = statistics.median(r["seconds"] for r in res[who])
         out[f"{who}_pairs_per_s"] = pairs / secs
         out[f"{who}_peak_rss_mb"] = statistics.median(r["peak_rss_mb"] for r in res[who])
@@ -408,6 +413,8 @@ def throughput(name: str, sizes, work: Path, model_dir: Path, tokenizer, rows, l
         out[f"{who}_forward_tokens_per_pair"] = (
             statistics.median(r["forward_tokens"] for r in res[who]) / pairs
         )
+    out["speedup_bf16"] = out["alignkit_bf16_pairs_per_s"] / out["trl_pairs_per_s"]
+    out["peak_rss_ratio_bf16"] = out["alignkit_bf16_peak_rss_mb"] / out["trl_peak_rss_mb"]
     out["speedup"] = out["alignkit_pairs_per_s"] / out["trl_pairs_per_s"]
     out["peak_rss_ratio"] = out["alignkit_peak_rss_mb"] / out["trl_peak_rss_mb"]
     out.update(
@@ -441,18 +448,22 @@ def beta_sweep(sizes, work: Path, model_dir: Path, rows, log) -> dict:
     }  # fmt: skip
 
 
-def print_table(results: dict, peak: float) -> None:
-    print(f"\nfp32 matmul peak (torch.mm 2048^3, best of start/end): {peak / 1e9:.1f} GFLOP/s")
-    head = f"{'workload':12s} {'alignkit p/s':>12s} {'TRL p/s':>9s} {'speedup':>8s} {'RSS ak MB':>10s} " \
-           f"{'RSS TRL MB':>10s} {'RSS ratio':>9s} {'MFU ak':>7s} {'MFU TRL':>8s} {'fwd tok/pair ak/TRL':>20s}"  # fmt: skip
+def print_table(results: dict, peak: float, peak_bf16: float) -> None:
+    print(f"\nmatmul peak (torch.mm 2048^3, best of start/end): fp32 {peak / 1e9:.1f} GFLOP/s, "
+          f"bf16 {peak_bf16 / 1e9:.1f} GFLOP/s")
+    head = f"{'workload':12s} {'ak fp32 p/s':>11s} {'ak bf16 p/s':>11s} {'TRL p/s':>8s} {'fp32/TRL':>8s} " \
+           f"{'bf16/TRL':>8s} {'RSS fp32/bf16/TRL MB':>21s} {'MFU fp32':>8s} {'MFU bf16':>8s} {'MFU TRL':>7s} " \
+           f"{'fwd tok/pair ak/TRL':>20s}"  # fmt: skip
     print(head)
     for name, r in results.items():
         if name == "beta_sweep":
             continue
-        print(f"{name:12s} {r['alignkit_pairs_per_s']:12.3f} {r['trl_pairs_per_s']:9.3f} {r['speedup']:7.2f}x "
-              f"{r['alignkit_peak_rss_mb']:10.0f} {r['trl_peak_rss_mb']:10.0f} {r['peak_rss_ratio']:8.2f}x "
-              f"{r['alignkit_mfu']:6.1%} {r['trl_mfu']:8.1%} "
+        rss = f"{r['alignkit_peak_rss_mb']:.0f}/{r['alignkit_bf16_peak_rss_mb']:.0f}/{r['trl_peak_rss_mb']:.0f}"
+        print(f"{name:12s} {r['alignkit_pairs_per_s']:11.3f} {r['alignkit_bf16_pairs_per_s']:11.3f} "
+              f"{r['trl_pairs_per_s']:8.3f} {r['speedup']:7.2f}x {r['speedup_bf16']:7.2f}x {rss:>21s} "
+              f"{r['alignkit_mfu']:8.1%} {r['alignkit_bf16_mfu']:8.1%} {r['trl_mfu']:7.1%} "
               f"{r['alignkit_forward_tokens_per_pair']:9.0f} / {r['trl_forward_tokens_per_pair']:<8.0f}")  # fmt: skip
+        print(f"{'':12s} RSS vs TRL: fp32 {r['peak_rss_ratio']:.2f}x, bf16 {r['peak_rss_ratio_bf16']:.2f}x")
     if "beta_sweep" in results:
         r = results["beta_sweep"]
         print(f"beta_sweep   3 runs x {r['steps_per_run']} steps on {r['rows']} pairs: live reference "
@@ -470,6 +481,7 @@ def main(argv=None) -> None:
     p.add_argument("--spec", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--reference", help=argparse.SUPPRESS)
+    p.add_argument("--precision", default="fp32", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         Path(args.out).write_text(json.dumps(CHILDREN[args.child](args)))
@@ -486,7 +498,9 @@ def main(argv=None) -> None:
     rows = _load_rows()
     sizes = QUICK if args.quick else FULL
     peak_start = peak = run_child("matmul", model_dir)["flops_per_s"]
-    log(f"fp32 matmul: {peak / 1e9:.1f} GFLOP/s; load average {os.getloadavg()[0]:.2f}")
+    peak_bf16_start = run_child("matmul", model_dir, precision="bf16")["flops_per_s"]
+    log(f"matmul: fp32 {peak / 1e9:.1f}, bf16 {peak_bf16_start / 1e9:.1f} GFLOP/s; "
+        f"load average {os.getloadavg()[0]:.2f}")
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -499,12 +513,14 @@ def main(argv=None) -> None:
                 raise SystemExit(f"unknown workload {name!r}")
     peak_end = run_child("matmul", model_dir)["flops_per_s"]
     peak = max(peak, peak_end)  # the best rate seen: a busy machine only lowers it
+    peak_bf16 = max(peak_bf16_start, run_child("matmul", model_dir, precision="bf16")["flops_per_s"])
     for r in results.values():
         if "alignkit_useful_flops_per_s" in r:
             r["alignkit_mfu"] = r["alignkit_useful_flops_per_s"] / peak
             r["trl_mfu"] = r["trl_useful_flops_per_s"] / peak
+            r["alignkit_bf16_mfu"] = r["alignkit_bf16_useful_flops_per_s"] / peak_bf16  # its own precision's rate
             r["mfu"] = r["alignkit_mfu"]
-    print_table(results, peak)
+    print_table(results, peak, peak_bf16)
     print(
         f"(matmul rate at start/end: {peak_start / 1e9:.1f}/{peak_end / 1e9:.1f} GFLOP/s; "
         f"total {time.perf_counter() - t_start:.0f} s; load average now {os.getloadavg()[0]:.2f})"
@@ -514,6 +530,7 @@ def main(argv=None) -> None:
             "matmul_flops_per_s": peak,
             "matmul_start": peak_start,
             "matmul_end": peak_end,
+            "matmul_bf16_flops_per_s": peak_bf16,
             "quick": args.quick,
         }
         Path(args.json).write_text(json.dumps({**results, "meta": meta}, indent=1))

@@ -171,7 +171,8 @@ class TrainConfig(_Section):
     max_grad_norm: float | None = Field(1.0, gt=0)
     """Clip the global gradient norm; None disables clipping."""
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    """Autocast precision on GPU (`auto`: bf16 where supported, else fp16); CPU runs in fp32."""
+    """Autocast precision. `auto`: on a GPU bf16 where supported, else fp16; on a CPU bf16 where it has
+    native bf16 (AVX512-BF16/AMX), else none (fp32). Trainable weights and optimizer states stay fp32."""
     reference: Literal["auto", "adapter", "copy", "precomputed", "none"] = "auto"
     """Reference model: `adapter` = the base with LoRA switched off (no extra memory); `copy` = a
     frozen copy; `precomputed` = reference log-probs computed once and cached on disk; `auto` picks

@@ -94,6 +94,34 @@ def resolve_dtype(name: str, device: torch.device | str = "cpu") -> torch.dtype:
     return torch.float32
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX). Without it torch emulates
+    bf16 matmul, slower than fp32 (bench/generation.py on an AVX2-only CPU: 0.23x)."""
+    forced = os.environ.get("ALIGNKIT_CPU_BF16")  # "0"/"1": override the detection (the tests pin "0")
+    if forced in ("0", "1"):
+        return forced == "1"
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
+def resolve_mixed_precision(name: str, device: torch.device | str) -> str:
+    """`train.mixed_precision` as accelerate takes it: "no", "bf16" or "fp16".
+
+    `auto`: on a GPU bf16 where supported, else fp16; on a CPU bf16 autocast where the CPU has
+    native bf16 (`cpu_has_bf16`), else fp32. Trainable weights and optimizer states stay fp32 either
+    way (autocast only lowers the matmuls); log-probs are taken in fp32 (`logprobs._token_logps`).
+    """
+    cuda = torch.device(device).type == "cuda"
+    if name == "auto":
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_bf16() else "no"
+    if name == "fp16" and not cuda:
+        raise UserError("fp16 autocast needs a GPU", where="config field train.mixed_precision",
+                        hint="use bf16 (fast on CPUs with AVX512-BF16/AMX) or no")
+    return name
+
+
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "run.json").is_file()
 

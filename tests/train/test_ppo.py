@@ -70,6 +70,17 @@ def test_step_zero_policy_is_the_reference_and_ratio_is_one(tmp_path, tiny_ckpt,
     assert (run / "final" / "value_head.safetensors").is_file() == (method == "ppo")
 
 
+def test_under_bf16_old_log_probs_are_scored_at_the_updates_precision(tmp_path, tiny_ckpt, prompts_file):
+    """bf16 autocast: rollouts decode from a bf16 copy, old and reference log-probs are scored under
+    the same autocast as the update's forward, so step 1 still has KL 0, ratio 1 and no clipping."""
+    run = train(_cfg(tmp_path, tiny_ckpt, prompts_file, "bf16", "ppo", max_steps=1, ppo_epochs=1,
+                     num_minibatches=1, mixed_precision="bf16"), console=lambda *_: None)
+    row = _log(run)[0]
+    assert json.loads((run / "run.json").read_text())["mixed_precision"] == "bf16"
+    assert row["kl"] == 0.0
+    assert row["ratio"] == pytest.approx(1.0, abs=1e-5) and row["clipfrac"] == 0.0
+
+
 @pytest.mark.parametrize("method", ["ppo", "rloo", "grpo"])
 def test_online_rl_raises_a_known_reward(tmp_path, tiny_ckpt, prompts_file, method):
     run = train(_cfg(tmp_path, tiny_ckpt, prompts_file, method, method, max_steps=10, kl_coef=0.02),

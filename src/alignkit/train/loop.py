@@ -52,6 +52,23 @@ def make_schedule(lengths: list[int], micro_batch: int, per_step: int, epochs: f
     return schedule[:total]
 
 
+
+def make_accelerator(mixed_precision: str, *, trackers, project_dir: str):
+    """An `accelerate.Accelerator` for one run at `mixed_precision` ("no", "bf16", "fp16").
+
+    accelerate keeps one state per process and refuses a second Accelerator at another precision, so
+    a second run in the same process (the Python API, the tests) at another precision would fail. In
+    a single process nothing else holds that state, and it is cleared first; under `accelerate
+    launch` (several processes) it is left as the launcher set it.
+    """
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
+
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision") != mixed_precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mixed_precision, log_with=trackers or None, project_dir=project_dir)
+
 @dataclass
 class LoopState:
     step: int = 0

@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors.torch import save_file
 from transformers import get_scheduler
@@ -45,11 +44,11 @@ from alignkit.data.collate import Batch, PromptCompletion, collate_single
 from alignkit.errors import UserError
 from alignkit.logprobs import _parts, attention_mask_for
 from alignkit.losses import ppo as L
-from alignkit.models import apply_lora, count_parameters, load_model, load_tokenizer
+from alignkit.models import apply_lora, count_parameters, load_model, load_tokenizer, resolve_mixed_precision
 from alignkit.sample import sample, stop_ids
 from alignkit.train import preflight
 from alignkit.train.checkpoint import save_checkpoint
-from alignkit.train.loop import Interrupt, LoopState
+from alignkit.train.loop import Interrupt, LoopState, make_accelerator
 
 
 class OnlinePolicy(torch.nn.Module):
@@ -179,10 +178,8 @@ def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     if not cfg.model.lora.enabled:
         raise UserError(f"{method} needs LoRA: its reference is the policy with the adapter switched off",
                         where="config field model.lora.enabled", hint="set model.lora.enabled: true")
-    mp = tcfg.mixed_precision if torch.cuda.is_available() else "no"
-    if mp == "auto":
-        mp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    accelerator = Accelerator(mixed_precision=mp, log_with=tcfg.trackers or None, project_dir=str(run))
+    mp = resolve_mixed_precision(tcfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
+    accelerator = make_accelerator(mp, trackers=tcfg.trackers, project_dir=str(run))
     device = accelerator.device
     set_seed(tcfg.seed)
     tokenizer = load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
@@ -229,7 +226,7 @@ def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     log_file = run / "log.jsonl"
     (run / "config.yaml").write_text(dump_config(cfg))
     _write_run_json(run, cfg, status="running", steps=steps, trainable=trainable, total=total, reference="adapter",
-                    data=f"{len(prompts)} prompts", reward=judge.name,
+                    data=f"{len(prompts)} prompts", reward=judge.name, mixed_precision=mp,
                     predicted_memory_mb=plan.total / 2**20 if plan else None)
     state = LoopState()
     if resume:
@@ -302,8 +299,10 @@ def _step(cfg, policy, optimizer, scheduler, kl_ctl, judge, gold, prompts, promp
     # Rollouts decode with the adapter merged into a copy of the weights (one matmul per layer, not three):
     # faster, and the old log-probs come from the training forward anyway. Not for a quantized base,
     # where a merged copy would be a full-precision model.
+    # Under bf16 autocast the copy is bf16 too: it decodes at the precision the update computes in.
     quantized = getattr(inner.policy.get_base_model(), "is_quantized", False)
-    merged_dtype = None if quantized else next(inner.policy.parameters()).dtype
+    merged_dtype = None if quantized else (torch.bfloat16 if accelerator.mixed_precision == "bf16"
+                                           else next(inner.policy.parameters()).dtype)
     s = sample(inner.policy, prompt_ids, stop_ids=stops, pad_id=pad, max_new_tokens=tcfg.max_new_tokens,
                do_sample=True, temperature=tcfg.temperature, num_samples=k, decode_dtype=merged_dtype,
                batch_size=max(tcfg.micro_batch_size, len(prompt_ids) * k), seed=tcfg.seed * 1_000_003 + step)
@@ -317,7 +316,8 @@ def _step(cfg, policy, optimizer, scheduler, kl_ctl, judge, gold, prompts, promp
     gold_scores = torch.tensor(gold(convs, texts, metas)) if gold is not None else None
     t_score = time.perf_counter() - t0 - t_gen
     items = [PromptCompletion(p, c) for p, c in zip(s.prompt_ids, s.completion_ids, strict=True)]
-    old, ref, values = _score_forward(inner, items, pad, tcfg.micro_batch_size, tcfg.temperature, device)
+    with accelerator.autocast():  # the precision of the update's forward: its first ratio is 1
+        old, ref, values = _score_forward(inner, items, pad, tcfg.micro_batch_size, tcfg.temperature, device)
     lengths = torch.tensor([len(c) for c in s.completion_ids])
     mask = (torch.arange(old.shape[1])[None, :] < lengths[:, None]).float().to(device)
     adv, ret, stats = advantages_for(method, tcfg, scores.to(device), old, ref, values, mask, kl_ctl.value, k)

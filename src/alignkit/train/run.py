@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import get_scheduler
 
@@ -24,12 +23,12 @@ from alignkit.config import ONLINE_METHODS, RunConfig, dump_config, load_config
 from alignkit.data import formats, tokenize
 from alignkit.data.kto_convert import kto_balance_warning
 from alignkit.errors import UserError
-from alignkit.models import apply_lora, count_parameters, load_model, load_tokenizer
+from alignkit.models import apply_lora, count_parameters, load_model, load_tokenizer, resolve_mixed_precision
 from alignkit.train import preflight
 from alignkit.train import reference as refs
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
 from alignkit.train.kto import KTOObjective
-from alignkit.train.loop import LoopState, make_schedule, run_loop
+from alignkit.train.loop import LoopState, make_accelerator, make_schedule, run_loop
 from alignkit.train.objectives import PolicyForward, PreferenceObjective, SFTObjective
 from alignkit.train.reward import RewardObjective, finish_reward_run
 
@@ -212,8 +211,9 @@ def run_plan(cfg: RunConfig, device):
         return None
 
 
-def _reference(cfg: RunConfig, model, lora: bool, pairs, evals, pad_id, device, console):
-    """The reference strategy of a method that needs one, and its name."""
+def _reference(cfg: RunConfig, model, lora: bool, pairs, evals, pad_id, accelerator, console):
+    """The reference strategy of a method that needs one, and its name. A precomputed table is
+    computed under the run's autocast (the policy's forward is) and cached per precision."""
     kind = cfg.train.reference
     if kind == "auto":
         kind = "adapter" if lora else ("copy" if cfg.method == "kto" else "precomputed")
@@ -231,8 +231,12 @@ def _reference(cfg: RunConfig, model, lora: bool, pairs, evals, pad_id, device, 
     if kind == "copy":
         return refs.CopyReference(model), kind
     key = refs.model_fingerprint(cfg.model.name_or_path, cfg.model.dtype)
-    table, _, _ = refs.cached_reference_table(model, pairs + evals, model_key=key, pad_id=pad_id,
-                                              batch_size=cfg.train.micro_batch_size, device=device, log=console)
+    if accelerator.mixed_precision != "no":
+        key += f"|autocast:{accelerator.mixed_precision}"
+    with accelerator.autocast():
+        table, _, _ = refs.cached_reference_table(model, pairs + evals, model_key=key, pad_id=pad_id,
+                                                  batch_size=cfg.train.micro_batch_size, device=accelerator.device,
+                                                  log=console)
     return refs.PrecomputedReference(table), kind
 
 
@@ -250,12 +254,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
                           evaluate_after=evaluate_after)
     run = check_run_dir(cfg, resume=resume, overwrite=overwrite)
     tcfg = cfg.train
-    mp = tcfg.mixed_precision
-    if not torch.cuda.is_available():
-        mp = "no"
-    elif mp == "auto":
-        mp = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    accelerator = Accelerator(mixed_precision=mp, log_with=tcfg.trackers or None, project_dir=str(run))
+    mp = resolve_mixed_precision(tcfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
+    accelerator = make_accelerator(mp, trackers=tcfg.trackers, project_dir=str(run))
     set_seed(tcfg.seed)
     tokenizer = load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
     data = prepare_data(cfg, tokenizer)
@@ -280,14 +280,14 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
     # A frozen copy / precomputed table must come from the starting weights, before LoRA or training.
     ref, ref_kind = (None, "none")
     if needs_ref and not lora:
-        ref, ref_kind = _reference(cfg, model, False, pairs, evals, pad_id, accelerator.device, console)
+        ref, ref_kind = _reference(cfg, model, False, pairs, evals, pad_id, accelerator, console)
     if lora:
         lc = cfg.model.lora
         model = apply_lora(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=lc.target_modules,
                            gradient_checkpointing=cfg.model.gradient_checkpointing,
                            task_type="SEQ_CLS" if cfg.method == "reward" else "CAUSAL_LM")
         if needs_ref:
-            ref, ref_kind = _reference(cfg, model, True, pairs, evals, pad_id, accelerator.device, console)
+            ref, ref_kind = _reference(cfg, model, True, pairs, evals, pad_id, accelerator, console)
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError("the model has no trainable parameters", where="config field model.lora",
@@ -322,7 +322,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
     if accelerator.is_main_process:
         (run / "config.yaml").write_text(dump_config(cfg))  # first: it makes the directory a run
         _write_run_json(run, cfg, status="running", steps=total_steps, trainable=trainable, total=total,
-                        reference=ref_kind, data=data.report,
+                        reference=ref_kind, data=data.report, mixed_precision=mp,
                         predicted_memory_mb=plan.total / 2**20 if plan else None)
     if resume:
         state = _resume(run, model, optimizer, scheduler, log_file, console)
@@ -332,7 +332,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
     if tcfg.trackers:
         accelerator.init_trackers(run.name, config=json.loads(json.dumps(cfg.model_dump(mode="json"))))
     console(f"{cfg.method}: {total_steps} steps x {per_step} micro-batches of {tcfg.micro_batch_size}; "
-            f"trainable {trainable:,} / {total:,} params; reference: {ref_kind}")
+            f"trainable {trainable:,} / {total:,} params; reference: {ref_kind}; autocast: {mp}")
 
     def evaluate():
         from alignkit.train.evaluate import pair_metrics
