@@ -209,6 +209,11 @@ class EvalConfig(_Section):
     """Probes per generation batch (on CPU, decoding reads all weights per step: larger is faster)."""
     do_sample: bool = False
     """Sample answers instead of greedy decoding."""
+    decode_dtype: Literal["float32", "bfloat16", "auto"] = "float32"
+    """Precision the probe answers are decoded in. `float32`: the model as trained and exported (answers
+    are what you ship). `bfloat16`: from a bf16 copy, about 2x faster on CPUs with AMX/AVX512-BF16
+    (bench/generation.py), but greedy answers differ from fp32's where the top two tokens are close.
+    `auto`: bf16 where the hardware has it natively."""
     kl_samples: int = Field(1, ge=0)
     """Sampled completions per probe for the KL(policy || reference) estimate (0 disables)."""
     task: Literal["task_api", "none"] = "none"

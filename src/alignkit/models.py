@@ -122,6 +122,19 @@ def resolve_mixed_precision(name: str, device: torch.device | str) -> str:
     return name
 
 
+def resolve_decode_dtype(name: str, device: torch.device | str) -> torch.dtype | None:
+    """`eval.decode_dtype` as `alignkit.sample.sample` takes it: None decodes the model as it is.
+
+    `auto`: bf16 on a GPU with bf16 or a CPU with native bf16 (`cpu_has_bf16`), else as it is."""
+    if name == "float32":
+        return None
+    if name == "bfloat16":
+        return torch.bfloat16
+    cuda = torch.device(device).type == "cuda"
+    native = torch.cuda.is_bf16_supported() if cuda else cpu_has_bf16()
+    return torch.bfloat16 if native else None
+
+
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / "run.json").is_file()
 

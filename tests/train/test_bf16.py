@@ -102,3 +102,33 @@ def test_precomputed_reference_is_computed_under_the_runs_autocast(tmp_path, tin
     row = _log(run)[0]
     assert row["rewards/chosen"] == 0.0 and row["rewards/rejected"] == 0.0
     assert row["loss"] == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_eval_decode_dtype(monkeypatch):
+    """`eval.decode_dtype`: float32 decodes the model as it is (the default: answers are what is
+    exported), bfloat16 a bf16 copy, auto bf16 only where the hardware has it; the evaluation hands
+    it to the sampler."""
+    from alignkit.config import RunConfig
+    from alignkit.eval import runner
+    from alignkit.models import resolve_decode_dtype
+
+    assert RunConfig().eval.decode_dtype == "float32"
+    assert resolve_decode_dtype("float32", "cpu") is None
+    assert resolve_decode_dtype("bfloat16", "cpu") is torch.bfloat16
+    monkeypatch.setenv("ALIGNKIT_CPU_BF16", "1")
+    assert resolve_decode_dtype("auto", "cpu") is torch.bfloat16
+    monkeypatch.setenv("ALIGNKIT_CPU_BF16", "0")
+    assert resolve_decode_dtype("auto", "cpu") is None
+    seen = []
+
+    def fake_generate(model, tokenizer, convs, **kw):
+        seen.append(kw["decode_dtype"])
+        return ["ok"] * len(convs)
+
+    monkeypatch.setattr(runner, "generate", fake_generate)
+    probes = [{"messages": [{"role": "user", "content": "hi"}], "category": "benign", "prompt": "hi"}]
+    model = torch.nn.Linear(2, 2)
+    for name, want in (("float32", None), ("bfloat16", torch.bfloat16)):
+        ecfg = RunConfig.model_validate({"eval": {"decode_dtype": name}}).eval
+        runner._gen_metrics(model, None, probes, ecfg)
+        assert seen[-1] is want

@@ -37,23 +37,24 @@ Progress = Callable[[int, int], None]  # (rows done, rows in all), called after 
 
 def generate_ids(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int = 64,
                  batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0,
-                 seed: int = 0, progress: Progress | None = None) -> list[list[int]]:
+                 seed: int = 0, progress: Progress | None = None, decode_dtype=None) -> list[list[int]]:
     """Completion token ids per prompt, cut after the first stop token (kept), in the input order.
 
     Stops on `stop_ids(model, tokenizer)`; pads with the tokenizer's pad id (else the first stop id).
+    `decode_dtype` (e.g. torch.bfloat16): decode from a copy in that precision (`alignkit.sample`).
     """
     if not prompt_ids:
         return []
     eos = stop_ids(model, tokenizer)
     out = sample(model, prompt_ids, stop_ids=eos, pad_id=pad_id(tokenizer, eos), max_new_tokens=max_new_tokens,
                  do_sample=do_sample, temperature=temperature, batch_size=batch_size, seed=seed,
-                 progress=progress)
+                 progress=progress, decode_dtype=decode_dtype)
     return out.completion_ids
 
 
 def generate(model, tokenizer, conversations: Sequence[Conversation], *, max_new_tokens: int = 64,
              batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0,
-             seed: int = 0, progress: Progress | None = None) -> list[str]:
+             seed: int = 0, progress: Progress | None = None, decode_dtype=None) -> list[str]:
     """Answer each conversation; greedy unless `do_sample`. Returns decoded text, one per input.
 
     Args:
@@ -63,11 +64,13 @@ def generate(model, tokenizer, conversations: Sequence[Conversation], *, max_new
         do_sample, temperature: plain ancestral sampling at this temperature (no top-k/top-p).
         seed: the sampling seed; greedy output does not depend on it.
         progress: ``progress(done, total)`` after each batch (`progress_printer` prints an ETA).
+        decode_dtype: None decodes the model as it is; torch.bfloat16 a bf16 copy (faster where the
+            hardware has bf16; greedy answers can differ where the top two tokens are close).
     """
     prompts = encode_prompts(tokenizer, conversations)
     completions = generate_ids(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, do_sample=do_sample, temperature=temperature,
-                               seed=seed, progress=progress)
+                               seed=seed, progress=progress, decode_dtype=decode_dtype)
     return [tokenizer.decode(c, skip_special_tokens=True).strip() for c in completions]
 
 

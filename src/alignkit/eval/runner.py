@@ -40,7 +40,7 @@ from alignkit.eval.metrics import (
 from alignkit.judges.refusal import is_refusal
 from alignkit.judges.task_api import grade
 from alignkit.logprobs import pair_logps_table
-from alignkit.models import load_model, load_tokenizer
+from alignkit.models import load_model, load_tokenizer, resolve_decode_dtype
 
 
 def load_probes(path: str | Path, system: str | None, limit: int | None = None) -> list[dict]:
@@ -96,7 +96,8 @@ def _labelled(progress, label: str):
 
 def _gen_metrics(model, tokenizer, probes, ecfg, progress=None, label: str = "probes") -> tuple[dict, list[str]]:
     answers = generate(model, tokenizer, [p["messages"] for p in probes], max_new_tokens=ecfg.max_new_tokens,
-                       batch_size=ecfg.batch_size, do_sample=ecfg.do_sample, progress=_labelled(progress, label))
+                       batch_size=ecfg.batch_size, do_sample=ecfg.do_sample, progress=_labelled(progress, label),
+                       decode_dtype=resolve_decode_dtype(ecfg.decode_dtype, next(model.parameters()).device))
     task_api = ecfg.task == "task_api"  # task metrics only for the Task API: absent otherwise
     # Only task-JSON references are graded: a user's own probes may carry prose references, and the
     # evaluation at the end of a training run must not fail on them (they just leave task_correct None).
