@@ -34,7 +34,7 @@ ONE_STAGE = {"orpo"}  # SFT + preference in one: starts from the SFT run's base
 GRID = {"dpo": ("train.beta", (0.05, 0.3), 0.1), "ppo": ("train.kl_coef", (0.01, 0.2), 0.05)}
 # Model copies the training process holds (weights, not activations). With LoRA the DPO-family
 # reference is the policy with its adapter off; online methods also hold the frozen reward model.
-MODELS_IN_MEMORY = {"dpo": 1, "ipo": 1, "hinge": 1, "robust": 1, "rpo": 1, "simpo": 1, "cpo": 1, "orpo": 1,
+MODELS_IN_MEMORY = {"dpo": 1, "ipo": 1, "hinge": 1, "robust": 1, "rpo": 1, "dpop": 1, "simpo": 1, "cpo": 1, "orpo": 1,
                     "kto": 1, "ppo": 2, "grpo": 2, "rloo": 2}
 QUICK_OFFLINE = {"train.max_steps": 4, "train.micro_batch_size": 4, "train.gradient_accumulation_steps": 2,
                  "data.max_rows": 64, "data.max_eval_rows": 16}

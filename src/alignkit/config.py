@@ -24,7 +24,7 @@ from pydantic import (
 
 from alignkit.errors import UserError
 
-METHODS = ("sft", "dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo", "kto", "reward",
+METHODS = ("sft", "dpo", "ipo", "hinge", "robust", "rpo", "dpop", "simpo", "cpo", "orpo", "kto", "reward",
            "ppo", "rloo", "grpo")
 ONLINE_METHODS = ("ppo", "rloo", "grpo")
 SIMPO_BETA = 2.0
@@ -100,6 +100,8 @@ class TrainConfig(_Section):
     """cDPO label smoothing for `dpo`; the assumed label-flip rate for `robust`."""
     rpo_alpha: float = Field(1.0, ge=0)
     """Weight of the chosen-answer NLL in `rpo`."""
+    dpop_lambda: float = Field(50.0, ge=0)
+    """`dpop`: weight of the penalty on the chosen answer's log-prob falling below the reference's (DPO-Positive, Pal et al. 2024; the paper's 50)."""
     simpo_gamma: float = Field(1.0, ge=0)
     """SimPO/CPO-simpo target reward margin gamma (absolute, as TRL; the paper's gamma/beta ~ 0.5)."""
     cpo_alpha: float = Field(1.0, ge=0)
@@ -223,7 +225,7 @@ class EvalConfig(_Section):
 
 class RunConfig(_Section):
     method: str = "dpo"
-    """One of: sft, dpo, ipo, hinge, robust, rpo, simpo, cpo, orpo, kto, reward, ppo, rloo, grpo."""
+    """One of: sft, dpo, ipo, hinge, robust, rpo, dpop, simpo, cpo, orpo, kto, reward, ppo, rloo, grpo."""
     output_dir: str = "runs/dpo"
     """The run directory (config, log, checkpoints, final model, report)."""
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -255,3 +255,45 @@ def test_rpo_matches_trl_sigmoid_plus_sft(random_pair, trl_dpo_loss):
     lp = random_pair(8, seed=8, equal_chosen_lengths=True)
     loss, _ = trl_dpo_loss(lp, ["sigmoid", "sft"], beta=0.1, loss_weights=[1.0, 0.6])
     assert rpo_loss(lp, beta=0.1, rpo_alpha=0.6).losses.mean().item() == pytest.approx(loss.item(), abs=1e-5)
+
+
+# ---------------------------------------------------------------- DPOP (DPO-Positive)
+
+
+def test_dpop_hand_computed():
+    """HAND has rho_c = +1 (the chosen answer is above the reference): no penalty, plain DPO's
+    0.5981388694. With pc = -12 instead: rho_c = -1, rho_r = -1, Delta = 0, penalty = 1; lambda = 5,
+    beta = 0.1 -> z = 0.1 * (0 - 5) = -0.5; loss = log(1 + e^0.5) = 0.9740769842."""
+    from alignkit.losses import dpop_loss
+
+    out = dpop_loss(HAND, beta=0.1, dpop_lambda=5.0)
+    assert out.losses.item() == pytest.approx(0.5981388694, abs=1e-9)
+    assert out.extra["dpop_penalty"].item() == 0.0
+    fallen = replace(HAND, policy_chosen=t(-12.0))
+    out = dpop_loss(fallen, beta=0.1, dpop_lambda=5.0)
+    assert out.losses.item() == pytest.approx(0.9740769842, abs=1e-9)
+    assert out.extra["dpop_penalty"].item() == pytest.approx(1.0)
+    assert out.chosen_rewards.item() == pytest.approx(-0.1)  # rewards stay beta * rho, no penalty
+
+
+def test_dpop_limits_and_gradient(random_pair):
+    """lambda = 0 is plain DPO; where the chosen answer fell below the reference the penalty raises the
+    loss and pushes the chosen log-prob up harder than DPO does; float64 gradcheck."""
+    from alignkit.losses import dpop_loss
+
+    random_pair = random_pair(16, 3)
+    torch.testing.assert_close(dpop_loss(random_pair, beta=0.3, dpop_lambda=0.0).losses,
+                               dpo_loss(random_pair, beta=0.3).losses)
+    pc = torch.tensor([-12.0], dtype=torch.float64, requires_grad=True)
+    fallen = replace(HAND, policy_chosen=pc)
+    dpop_loss(fallen, beta=0.1, dpop_lambda=5.0).losses.sum().backward()
+    g_dpop = pc.grad.clone()
+    pc.grad = None
+    dpo_loss(fallen, beta=0.1).losses.sum().backward()
+    assert g_dpop.item() < pc.grad.item() < 0  # both raise pc; DPOP harder
+    lp = PairLogps(*(x.detach().clone().requires_grad_(True) for x in (
+        random_pair.policy_chosen, random_pair.policy_rejected)), random_pair.ref_chosen, random_pair.ref_rejected)
+    assert gradcheck(lambda a, b: dpop_loss(PairLogps(a, b, lp.ref_chosen, lp.ref_rejected), beta=0.2,
+                                            dpop_lambda=3.0).losses, (lp.policy_chosen, lp.policy_rejected))
+    with pytest.raises(UserError, match="dpop_lambda"):
+        dpop_loss(random_pair, dpop_lambda=-1.0)

@@ -283,3 +283,15 @@ def test_final_eval_scores_the_split_training_held_out(tmp_path, tiny_ckpt, pair
     run = train(cfg, console=lambda *_: None)
     after = evaluate_run(run, console=lambda *_: None)["after"]
     assert after["reward_accuracy"] is not None and after["n/pairs"] == len(held_out)
+
+
+def test_dpop_trains_through_the_loop_and_logs_its_penalty(tmp_path, tiny_ckpt, pairs_file):
+    """method dpop: step 1 is plain DPO (policy = reference: loss log 2, penalty 0); the penalty is
+    logged every step and is never negative."""
+    cfg = make_cfg(tmp_path, tiny_ckpt, pairs_file, "dpop", max_steps=3, gradient_accumulation_steps=1)
+    cfg.method = "dpop"
+    run = train(cfg, console=lambda *_: None)
+    assert cfg.train.dpop_lambda == 50.0
+    log = _log(run)
+    assert log[0]["loss"] == pytest.approx(0.6931, abs=1e-3) and log[0]["dpop_penalty"] == 0.0
+    assert all(r["dpop_penalty"] >= 0.0 for r in log) and len(log) == 3

@@ -277,7 +277,7 @@ def check_overfitting(run: _Run) -> list[Finding]:
                     {"train_accuracy": train_acc, "eval_accuracy": eval_acc})]
 
 
-REFERENCE_REWARD_METHODS = ("dpo", "ipo", "hinge", "robust", "rpo", "kto")
+REFERENCE_REWARD_METHODS = ("dpo", "ipo", "hinge", "robust", "rpo", "dpop", "kto")
 """Methods whose logged ``rewards/chosen`` is ``beta * (policy - reference)`` chosen log-prob on the
 step's own rows (the losses with ``needs_reference`` in `alignkit.losses.LOSSES`; a test pins it).
 SimPO/CPO/ORPO log rewards of the policy alone, the reward model its scores."""
@@ -324,6 +324,7 @@ def check_likelihood_displacement(run: _Run) -> list[Finding]:
                     "; ".join(parts) + f" (threshold {CHOSEN_LOGP_DROP:g} nats): the chosen answers became "
                     "less likely than under the reference", [
                         "add an NLL term: method=rpo train.rpo_alpha=1",
+                        "or penalise the fall itself: method=dpop train.dpop_lambda=50 (DPO-Positive)",
                         "raise train.beta",
                         "make rejected answers closer to the model's own failures (sample them from the model)"],
                     numbers)]

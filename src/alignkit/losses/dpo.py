@@ -1,4 +1,4 @@
-"""DPO and its reference-based relatives: sigmoid (cDPO), IPO, hinge (SLiC), robust DPO, RPO.
+"""DPO and its reference-based relatives: sigmoid (cDPO), IPO, hinge (SLiC), robust DPO, RPO, DPOP.
 
 This module also defines the types every preference loss shares (`PairLogps`, `LossOutput`), because
 every paired loss in this package is a member of the DPO family.
@@ -204,3 +204,23 @@ def rpo_loss(logps: PairLogps, *, beta: float = 0.1, rpo_alpha: float = 1.0) -> 
     nll = sequence_nll(logps.policy_chosen, n_c)
     losses = out.losses + rpo_alpha * nll
     return LossOutput(losses, out.chosen_rewards, out.rejected_rewards, {"nll": nll.detach().mean()})
+
+
+def dpop_loss(logps: PairLogps, *, beta: float = 0.1, dpop_lambda: float = 50.0) -> LossOutput:
+    """DPO-Positive (Pal et al. 2024, "Smaug", arXiv:2402.13228, eq. 3): DPO with a penalty, inside the
+    sigmoid, on the chosen answer's log-prob falling below the reference's.
+
+        loss = -log sigmoid(beta * (Delta - lambda * max(0, -rho_c)))
+
+    Plain DPO can lower the likelihood of the chosen answers as long as the rejected ones fall faster
+    ("likelihood displacement"); the penalty is zero while ``rho_c >= 0`` (the policy gives the chosen
+    answer at least the reference's log-prob), so the loss is plain DPO there. The paper uses lambda
+    50 (5 to 500 in its ablation). Rewards stay ``beta * rho`` (without the penalty). ``lambda = 0`` is
+    plain DPO. Shapes: ``(b,)`` -> ``(b,)``. Metric: ``dpop_penalty`` (batch mean of max(0, -rho_c)).
+    """
+    check_hparam("dpop", "beta", beta, low=0.0, low_open=True)
+    check_hparam("dpop", "dpop_lambda", dpop_lambda, low=0.0)
+    rho_c, rho_r = _logratios(logps, "dpop")
+    penalty = torch.relu(-rho_c)
+    losses = -F.logsigmoid(beta * (rho_c - rho_r - dpop_lambda * penalty))
+    return LossOutput(losses, *_rewards(beta, rho_c, rho_r), {"dpop_penalty": penalty.detach().mean()})

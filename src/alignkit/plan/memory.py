@@ -27,11 +27,11 @@ from alignkit.errors import UserError
 from alignkit.plan.architectures import Arch, activation_bytes, load_arch, lora_params, weight_bytes
 from alignkit.plan.hardware import GiB, Hardware, get_hardware, multi_gpu_note
 
-METHODS = ("sft", "dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo", "kto", "reward", "ppo", "rloo",
+METHODS = ("sft", "dpo", "ipo", "hinge", "robust", "rpo", "dpop", "simpo", "cpo", "orpo", "kto", "reward", "ppo", "rloo",
            "grpo")
 ONLINE = ("ppo", "rloo", "grpo")
-_PAIRED = {"dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo", "reward"}
-_NEEDS_REF = {"dpo", "ipo", "hinge", "robust", "rpo", "kto", *ONLINE}
+_PAIRED = {"dpo", "ipo", "hinge", "robust", "rpo", "dpop", "simpo", "cpo", "orpo", "reward"}
+_NEEDS_REF = {"dpo", "ipo", "hinge", "robust", "rpo", "dpop", "kto", *ONLINE}
 _JUDGE_BATCH = 16  # alignkit.judges.reward_model.RewardModelJudge's batch_size
 DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 

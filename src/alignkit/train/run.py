@@ -32,7 +32,7 @@ from alignkit.train.loop import LoopState, make_accelerator, make_schedule, run_
 from alignkit.train.objectives import PolicyForward, PreferenceObjective, SFTObjective
 from alignkit.train.reward import RewardObjective, finish_reward_run
 
-PAIRED = ("dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo")
+PAIRED = ("dpo", "ipo", "hinge", "robust", "rpo", "dpop", "simpo", "cpo", "orpo")
 
 
 @dataclass
