@@ -63,8 +63,10 @@ def cmd_train(args) -> int:
                 raise UserError("--resume takes the config from the run (RUN/config.yaml), not from a file",
                                 where=args.config, hint=f"alignkit train --resume {run} [field=value ...]")
             overrides.insert(0, args.config)
-        cfg = resume_config(run, overrides)
-        done = finished_steps(run)
+        rounds = run / "config.rounds.yaml"  # a folder of rounds: finished rounds are kept, the rest redone
+        cfg = load_config(rounds, [*overrides, f"output_dir={run}"], paths_from_file=False) if rounds.is_file() \
+            else resume_config(run, overrides)
+        done = None if rounds.is_file() else finished_steps(run)
         if done is not None:
             if cfg.train.max_steps and cfg.train.max_steps > done:
                 raise UserError(f"the run is finished ({done} steps); extending a finished run to "
@@ -83,8 +85,15 @@ def cmd_train(args) -> int:
         cfg = load_config(args.config, overrides)
     evaluate = cfg.eval.enabled and not args.no_eval and cfg.method != "reward"
     try:
+        evaluate_round = None
+        if evaluate and cfg.train.rounds > 1:  # each round is evaluated after its training
+            from alignkit.eval.generation import progress_printer
+            from alignkit.eval.runner import evaluate_trained_run
+
+            def evaluate_round(r):
+                return evaluate_trained_run(r, progress=progress_printer())
         run = train(cfg, resume=bool(args.resume), overwrite=args.overwrite, force=args.force, progress=_progress(),
-                    evaluate_after=evaluate)
+                    evaluate_after=evaluate and cfg.train.rounds == 1, evaluate_round=evaluate_round)
     except KeyboardInterrupt:  # outside the loop's own handler: loading, a second Ctrl-C, held-out metrics
         out = Path(cfg.output_dir)
         if finished_steps(out) is not None:

@@ -117,8 +117,13 @@ class TrainConfig(_Section):
     center_rewards_coefficient: float = Field(0.0, ge=0)
     """`reward`: weight of (r_c + r_r)^2, which keeps rewards near zero (Eisenstein et al. 2023)."""
     reward_model: str | None = None
-    """`ppo`/`rloo`/`grpo`: the reward - a finished `method: reward` run directory, a built-in judge
-    (`task_api`, `refusal`), or your own `package.module:function`."""
+    """`ppo`/`rloo`/`grpo`: the reward; with `rounds` > 1, the judge of each round's sampled answers - a
+    finished `method: reward` run directory, a built-in judge (`task_api`, `refusal`), or your own
+    `package.module:function`."""
+    rounds: int = Field(1, ge=1)
+    """DPO family: more than 1 trains that many on-policy rounds, each sampling `num_generations` answers
+    per training prompt from the last round's model, judging them with `reward_model`, and training on
+    pairs of the model's own best and worst answers (`alignkit.train.rounds`; output_dir/round-N)."""
     gold_judge: str | None = None
     """`ppo`/`rloo`/`grpo`: a second judge logged on every rollout, never trained on (e.g. `task_api`):
     how far the learned reward and the gold judge agree shows reward hacking."""

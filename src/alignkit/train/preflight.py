@@ -83,7 +83,7 @@ def check_inputs(cfg, *, train: bool = True, evaluate: bool = False) -> None:
     problems += [f"{field}: file not found: {path}" for field, path in files if path and not Path(path).exists()]
     if _missing_model(cfg.model.name_or_path):
         problems.append(f"model.name_or_path: directory not found: {cfg.model.name_or_path}")
-    if train and cfg.method in ONLINE_METHODS:
+    if train and (cfg.method in ONLINE_METHODS or cfg.train.rounds > 1):  # rounds judge with reward_model
         for field in ("reward_model", "gold_judge"):
             spec = getattr(cfg.train, field)
             if isinstance(spec, str) and spec.strip() and _missing_judge(spec):

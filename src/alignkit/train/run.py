@@ -241,12 +241,19 @@ def _reference(cfg: RunConfig, model, lora: bool, pairs, evals, pad_id, accelera
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, force: bool = False,
-          evaluate_after: bool = False, console=print, progress=None) -> Path:
+          evaluate_after: bool = False, evaluate_round=None, console=print, progress=None) -> Path:
     """Run `cfg` to completion (or resume it); returns the run directory.
 
     `evaluate_after`: the caller evaluates the run next, so the evaluation's inputs are checked up
-    front too and the finished run's status is `trained` (not yet `done`)."""
-    preflight.check_inputs(cfg, train=True, evaluate=evaluate_after)  # before anything is loaded
+    front too and the finished run's status is `trained` (not yet `done`). With `train.rounds` > 1
+    the rounds run instead (`alignkit.train.rounds`), each evaluated by `evaluate_round(run)` when
+    given, and the rounds' folder is returned."""
+    preflight.check_inputs(cfg, train=True, evaluate=evaluate_after or evaluate_round is not None)
+    if cfg.train.rounds > 1:
+        from alignkit.train.rounds import run_rounds
+
+        return run_rounds(cfg, resume=resume, overwrite=overwrite, force=force, evaluate=evaluate_round,
+                          console=console, progress=progress)
     if cfg.method in ONLINE_METHODS:  # rollout-then-update: a loop of its own
         from alignkit.train.ppo import run_online
 
