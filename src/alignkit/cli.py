@@ -248,6 +248,7 @@ def cmd_doctor(args) -> int:
     from alignkit.data.doctor import doctor
 
     tokenizer, max_length, max_prompt, system, eval_path = None, args.max_length, None, None, args.eval
+    options = dict(columns=None, split="train", min_score_margin=None)
     if args.config:
         from alignkit.config import load_config
         from alignkit.models import load_tokenizer
@@ -257,8 +258,13 @@ def cmd_doctor(args) -> int:
         tokenizer = load_tokenizer(cfg.model.name_or_path)
         max_length, max_prompt = cfg.data.max_length, cfg.data.max_prompt_length
         system, eval_path = system_prompt(cfg), eval_path or cfg.data.eval
+        options = dict(columns=cfg.data.columns, split=cfg.data.split, min_score_margin=cfg.data.min_score_margin)
+        if cfg.data.eval_split:
+            options["eval_split"] = cfg.data.eval_split
+    if args.split:
+        options["split"] = args.split
     report = doctor(args.data, eval_path=eval_path, tokenizer=tokenizer, max_length=max_length,
-                    max_prompt_length=max_prompt, system=system)
+                    max_prompt_length=max_prompt, system=system, **options)
     print(json.dumps(report.to_dict(), indent=1) if args.json else report.format_table())
     return report.exit_code
 
@@ -420,7 +426,9 @@ def build_parser() -> argparse.ArgumentParser:
     dg.set_defaults(fn=cmd_diagnose)
 
     dc = sub.add_parser("doctor", help="find broken or biased preference data (exit 1 on errors)")
-    dc.add_argument("data", help="preference / SFT / KTO file to check (.jsonl, .json, .csv, .parquet)")
+    dc.add_argument("data", help="preference file or folder to check (.jsonl, .json, .csv, .parquet, .arrow, "
+                                 "also .gz/.zst; a datasets.save_to_disk or Parquet folder)")
+    dc.add_argument("--split", help="the split of a folder to check (default: the config's data.split, or train)")
     dc.add_argument("--eval", help="held-out file, checked for prompts leaking from training")
     dc.add_argument("--config", help="a run config: its tokenizer, max lengths, system prompt and eval file")
     dc.add_argument("--max-length", type=int, default=None,

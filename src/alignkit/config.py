@@ -71,9 +71,15 @@ class ModelConfig(_Section):
     """Attention kernel; None lets alignkit pick (sdpa)."""
 
 
+DATA_COLUMNS = ("prompt", "chosen", "rejected", "completion", "messages", "label", "system", "score_chosen",
+                "score_rejected")
+"""The fields `data.columns` may map a file's columns to."""
+
+
 class DataConfig(_Section):
     train: str | None = None
-    """Training file: .jsonl, .json, .csv or .parquet. Required by `alignkit train`."""
+    """Training data: a .jsonl, .json, .csv, .parquet or .arrow file (also .gz or .zst compressed), or a
+    folder (`datasets.save_to_disk`, or Parquet/Arrow/JSONL files). Required by `alignkit train`."""
     eval: str | None = None
     """Held-out file; None splits `eval_fraction` off the training file (by prompt)."""
     eval_fraction: float = Field(0.05, ge=0, lt=1)
@@ -91,6 +97,30 @@ class DataConfig(_Section):
     """Use only the first N held-out rows (in-training eval and the report's preference metrics)."""
     skip_invalid: bool = False
     """Skip and count invalid rows instead of stopping at the first one."""
+    split: str = "train"
+    """The split read from a folder: a `datasets` DatasetDict, split subfolders, or files named `train-*`."""
+    eval_split: str | None = None
+    """The split `eval` reads when it is such a folder (e.g. `test`); None: the same as `split`."""
+    columns: dict[str, str] | None = None
+    """Rename the file's columns to alignkit's fields, e.g. `{prompt: question, chosen: good, rejected: bad}`;
+    keys: prompt, chosen, rejected, completion, messages, label, system, score_chosen, score_rejected."""
+    min_score_margin: float | None = None
+    """Skip pairs whose score_chosen - score_rejected (UltraFeedback; SHP's score_A/score_B) is below
+    this; rows without both scores are kept. None keeps every pair."""
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        for key, column in (v or {}).items():
+            if key not in DATA_COLUMNS:
+                raise ValueError(f"unknown field {key!r} in data.columns: {_suggest(key, list(DATA_COLUMNS))}; "
+                                 f"keys are alignkit's fields ({', '.join(DATA_COLUMNS)}), values your columns")
+            if not column.strip():
+                raise ValueError(f"data.columns.{key}: the column name is empty")
+        twice = sorted({c for c in (v or {}).values() if list((v or {}).values()).count(c) > 1})
+        if twice:
+            raise ValueError(f"column {twice[0]!r} is mapped to two fields")
+        return v
 
 
 class TrainConfig(_Section):

@@ -300,7 +300,7 @@ def test_missing_file_directory_and_unknown_extension(tmp_path):
     with pytest.raises(UserError, match="file not found") as info:
         load_preferences(tmp_path / "nope.jsonl")
     assert info.value.where == str(tmp_path / "nope.jsonl")
-    with pytest.raises(UserError, match="directory"):
+    with pytest.raises(UserError, match="no data files in this folder"):
         load_preferences(tmp_path)
     with pytest.raises(UserError, match="unknown file extension '.txt'") as info:
         load_preferences(write(tmp_path, "a.txt", "x"))

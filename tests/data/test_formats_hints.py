@@ -26,7 +26,7 @@ def test_misspelled_column_is_named():
 @pytest.mark.parametrize("raw,kind,wanted,typo", [
     ({"promt": "p", "chosen": "a", "rejected": "b"}, "preference", "prompt", "promt"),
     ({"prompt": [{"rol": "user", "content": "x"}], "chosen": "a", "rejected": "b"}, "preference", "role", "rol"),
-    ({"prompt": "p", "completion": "a", "labels": True}, "kto", "label", "labels"),
+    ({"prompt": "p", "completion": "a", "lable": True}, "kto", "label", "lable"),  # `labels` is a known spelling
     ({"prompt": "p", "completions": "a"}, "sft", "completion", "completions"),
 ])
 def test_near_misses_everywhere(raw, kind, wanted, typo):

@@ -16,14 +16,14 @@ from __future__ import annotations
 import math
 import unicodedata
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from alignkit.data import formats
-from alignkit.data.formats import PreferenceRow, iter_rows_raw
+from alignkit.data.formats import PreferenceRow, describe_formats
 from alignkit.errors import UserError
 from alignkit.judges.refusal import is_refusal
 
@@ -99,7 +99,10 @@ class DoctorReport:
         else:
             console.print(f"doctor: {self.path}: no problems found")
         s = self.stats
-        console.print(f"rows: {s.get('rows_valid', 0)} valid, {s.get('rows_invalid', 0)} invalid")
+        if s.get("format"):
+            console.print(s["format"])
+        filtered = f", {s['rows_filtered']} below min_score_margin" if s.get("rows_filtered") else ""
+        console.print(f"rows: {s.get('rows_valid', 0)} valid, {s.get('rows_invalid', 0)} invalid{filtered}")
         for key in ("length", "refusals", "tokens"):
             if s.get(key):
                 console.print(f"{key}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in s[key].items()))
@@ -143,29 +146,36 @@ def _code_for(reason: str) -> str:
     return "identical_pair" if reason == "chosen identical to rejected" else "schema"
 
 
-def _scan(path: Path, system: str | None) -> tuple[list[PreferenceRow], list[Issue]]:
-    """Every valid row, and every invalid one grouped by reason with its lines.
+def _scan(path: Path, system: str | None, options: dict) -> tuple[list[PreferenceRow], list[Issue], str, dict]:
+    """Every valid row, every invalid one grouped by reason with its lines, what was read, and the
+    detected formats (with the rows a score filter dropped under "filtered").
 
-    Uses the loader's own row normaliser so doctor and training agree on what is valid.
+    Uses the loader's own pass (`formats.scan`) so doctor and training agree on what is valid. A row's
+    line is the file's line (for a folder, its row number counted through the files).
     """
     rows: list[PreferenceRow] = []
     bad: dict[str, Issue] = {}
-    for line, raw in iter_rows_raw(path, errors="yield"):
-        try:
-            if isinstance(raw, Exception):
-                raise raw
-            rows.extend(formats.normalize_row(raw, f"{path}:{line}", kind="preference", system=system))
+    found: dict[str, int] = {}
+    source, scanned = formats.scan(path, kind="preference", system=system, **options)
+    for item in scanned:
+        line = item.line
+        if item.error is None:
+            if item.dropped:
+                found["filtered"] = found.get("filtered", 0) + 1
+                continue
+            found[item.format] = found.get(item.format, 0) + 1
+            rows.extend(replace(r, source=f"{path}:{line}") for r in item.rows)
             continue
-        except UserError as e:  # RowError: from the reader (bad JSON, not UTF-8) or the row check
-            reason, detail = getattr(e, "reason", None) or e.message, str(e).splitlines()[0]
-            # Shown as train shows it, less the file and line (the lines column has them):
-            # "field 'prompt[0].role': unknown role 'human'".
-            where, prefix = e.where or "", f"{path}:{line}"
-            place = where[len(prefix):].strip() if where.startswith(prefix) else where
-            shown = f"{place}: {e.message}" if place else e.message
+        e = item.error  # RowError: from the reader (bad JSON, not UTF-8) or the row check
+        reason, detail = getattr(e, "reason", None) or e.message, str(e).splitlines()[0]
+        # Shown as train shows it, less the file and line (the lines column has them):
+        # "field 'prompt[0].role': unknown role 'human'".
+        where, prefix = e.where or "", f"{path}:{line}"  # a folder's row keeps its own file and line
+        place = where[len(prefix):].strip() if where.startswith(prefix) else where
+        shown = f"{place}: {e.message}" if place else e.message
         issue = bad.setdefault(reason, Issue(_code_for(reason), shown, details={"first": detail}))
         issue.lines.append(line)
-    return rows, list(bad.values())
+    return rows, list(bad.values()), source, found
 
 
 def _shingles(text: str) -> np.ndarray:
@@ -306,8 +316,8 @@ def _check_shares(rows, report: DoctorReport) -> None:
                                      details=ref))
 
 
-def _check_leaks(rows, eval_path: Path, report: DoctorReport) -> None:
-    eval_rows, _ = formats.load_preferences(eval_path, skip_invalid=True)
+def _check_leaks(rows, eval_path: Path, report: DoctorReport, options: dict) -> None:
+    eval_rows, _ = formats.load_preferences(eval_path, skip_invalid=True, **options)
     eval_lines: dict[str, list[int]] = defaultdict(list)
     for r in eval_rows:
         eval_lines[prompt_text(r)].append(_line(r.source))
@@ -321,34 +331,42 @@ def _check_leaks(rows, eval_path: Path, report: DoctorReport) -> None:
 
 def doctor(path: str | Path, *, eval_path: str | Path | None = None, tokenizer: Any = None,
            max_length: int | None = None, max_prompt_length: int | None = None,
-           near_dup_threshold: float = 0.9, system: str | None = None) -> DoctorReport:
+           near_dup_threshold: float = 0.9, system: str | None = None,
+           columns: dict[str, str] | None = None, split: str = "train",
+           min_score_margin: float | None = None, eval_split: str | None = None) -> DoctorReport:
     """Check a preference file (and its eval file for leaks); see the module docstring.
 
     Args:
-        path: the training file (.jsonl, .json, .csv, .parquet).
+        path: the training file or folder (any format `formats.load_preferences` reads).
         eval_path: the held-out file; prompts found in both are errors.
         tokenizer: a transformers tokenizer to count tokens; None estimates characters / 4.
         max_length, max_prompt_length: the config's limits; rows above them are counted as truncated.
         near_dup_threshold: 3-gram Jaccard similarity from which two pairs are near-duplicates.
         system: the config's system prompt (data.system_prompt_file's text), counted in prompt lengths
             for rows without their own; duplicates and leaks ignore system messages.
+        columns, split, min_score_margin, eval_split: as the config's data.columns, data.split,
+            data.min_score_margin and data.eval_split (the eval folder's split; None: `split`).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise UserError("data file not found", where=str(path), hint="check the path (config field data.train)")
     if not 0 < near_dup_threshold <= 1:
         raise UserError(f"near_dup_threshold must be in (0, 1], got {near_dup_threshold}")
-    rows, schema = _scan(path, system)
+    options = dict(columns=columns, split=split, min_score_margin=min_score_margin)
+    rows, schema, source, found = _scan(path, system, options)
     report = DoctorReport(str(path))
     report.errors.extend(schema)
-    invalid = sum(len(i.lines) for i in schema)
-    report.stats.update(rows_total=len(rows) + invalid, rows_valid=len(rows), rows_invalid=invalid)
+    invalid, filtered = sum(len(i.lines) for i in schema), found.pop("filtered", 0)
+    report.stats.update(rows_total=len(rows) + invalid + filtered, rows_valid=len(rows), rows_invalid=invalid,
+                        formats=found, read_as=source, format=describe_formats(found, source))
+    if filtered:
+        report.stats["rows_filtered"] = filtered
     if not rows:
         report.errors.append(Issue("no_rows", "no valid preference rows in the file"))
         return report
     _check_duplicates(rows, near_dup_threshold, report)
     _check_shares(rows, report)
     if eval_path is not None:
-        _check_leaks(rows, Path(eval_path), report)
+        _check_leaks(rows, Path(eval_path), report, {**options, "split": eval_split or split})
     _check_lengths(rows, tokenizer, max_length, max_prompt_length, report)
     return report

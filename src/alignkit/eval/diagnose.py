@@ -467,7 +467,7 @@ def _find_data(name: str, run_dir: Path) -> Path | None:
     """The training file as the config names it: relative to the cwd, the run dir, or the project."""
     for base in (Path.cwd(), run_dir, run_dir.parent.parent):
         p = Path(name) if Path(name).is_absolute() else base / name
-        if p.is_file():
+        if p.exists():  # a file, or a folder (datasets.save_to_disk, Parquet files)
             return p
     return None
 
@@ -482,12 +482,14 @@ def _data_stats(config: dict, run_dir: Path) -> dict | None:
     from alignkit.data.doctor import _is_refusal, refusal_stats
     from alignkit.data.formats import load_preferences, load_sft
 
+    data = config.get("data") or {}
+    opts = dict(skip_invalid=True, columns=data.get("columns"), split=data.get("split") or "train")
     try:
-        return {**refusal_stats(load_preferences(path, skip_invalid=True)[0]), "path": str(path)}
+        return {**refusal_stats(load_preferences(path, **opts)[0]), "path": str(path)}
     except UserError:
         pass
     try:
-        rows = load_sft(path, skip_invalid=True)[0]
+        rows = load_sft(path, **opts)[0]
     except UserError:
         return {"note": f"{path} could not be loaded"}
     share = sum(_is_refusal(r.completion) for r in rows) / max(len(rows), 1)

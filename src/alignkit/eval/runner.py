@@ -184,13 +184,13 @@ def evaluate_single(model, tokenizer, cfg: RunConfig, *, probes, pairs, console=
 
 def _eval_pairs(cfg: RunConfig, tokenizer, system):
     """The held-out pairs: `data.eval`, or else the `eval_fraction` split training held out."""
-    from alignkit.train.run import load_split
+    from alignkit.train.run import data_options, load_split
 
     if not cfg.data.eval and (not cfg.data.eval_fraction or cfg.method == "kto"):
         return []  # (KTO splits its unpaired rows, so the paired split would not be the held-out one)
     if cfg.data.eval:
         try:
-            rows, _ = formats.load_preferences(cfg.data.eval, system=system, skip_invalid=cfg.data.skip_invalid)
+            rows, _ = formats.load_preferences(cfg.data.eval, system=system, **data_options(cfg, held_out=True))
         except UserError:
             if cfg.method != "kto":
                 raise

@@ -153,6 +153,7 @@ def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
         _resume,
         _write_run_json,
         check_run_dir,
+        data_options,
         finished_status,
         peak_memory_mb,
         prepare_run_dir,
@@ -183,7 +184,7 @@ def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     device = accelerator.device
     set_seed(tcfg.seed)
     tokenizer = load_tokenizer(cfg.model.name_or_path, trust_remote_code=cfg.model.trust_remote_code)
-    prompts, rep = formats.load_prompts(cfg.data.train, system=system_prompt(cfg), skip_invalid=cfg.data.skip_invalid)
+    prompts, rep = formats.load_prompts(cfg.data.train, system=system_prompt(cfg), **data_options(cfg))
     if cfg.data.max_rows:
         prompts = prompts[:cfg.data.max_rows]
     judge = load_judge(tcfg.reward_model, where="config field train.reward_model")

@@ -98,7 +98,11 @@ def check_inputs(cfg, *, train: bool = True, evaluate: bool = False) -> None:
     hint = ("fix the paths, or set optional fields to null (relative paths in a config file are read from that "
             "file's folder; in field=value overrides, from the current folder)")
     if train and not d.train:
-        hint = "set data.train to your training file (.jsonl, .json, .csv or .parquet); " + hint
+        hint = "set data.train to your training file or folder (.jsonl, .json, .csv, .parquet, .gz ...); " + hint
+    elif d.train and not Path(d.train).exists() and not Path(d.train).suffix:
+        from alignkit.data.formats import HUB_HINT
+
+        hint = f"{hint}; {HUB_HINT}"
     raise UserError(head, where=cfg.source, hint=hint)
 
 

@@ -52,15 +52,23 @@ def system_prompt(cfg: RunConfig) -> str | None:
     return path.read_text(encoding="utf-8").strip()
 
 
+def data_options(cfg: RunConfig, *, held_out: bool = False) -> dict:
+    """The loaders' keyword arguments from the config's data section (column mapping, split, score
+    filter); `held_out`: for `data.eval`, whose folder split is `data.eval_split` when set."""
+    d = cfg.data
+    split = (d.eval_split or d.split) if held_out else d.split
+    return dict(skip_invalid=d.skip_invalid, columns=d.columns, split=split, min_score_margin=d.min_score_margin)
+
+
 def load_split(cfg: RunConfig, load, system: str | None):
     """(train rows, eval rows, train report, eval report or None): `data.eval` if set, else the
     seeded `eval_fraction` split of the training file (after `max_rows`); eval capped at
     `max_eval_rows`. The final evaluation calls this too, so it scores the rows training held out."""
-    rows, rep = load(cfg.data.train, system=system, skip_invalid=cfg.data.skip_invalid)
+    rows, rep = load(cfg.data.train, system=system, **data_options(cfg))
     if cfg.data.max_rows:
         rows = rows[:cfg.data.max_rows]
     if cfg.data.eval:
-        eval_rows, erep = load(cfg.data.eval, system=system, skip_invalid=cfg.data.skip_invalid)
+        eval_rows, erep = load(cfg.data.eval, system=system, **data_options(cfg, held_out=True))
     else:
         rows, eval_rows = formats.split_train_eval(rows, cfg.data.eval_fraction, cfg.train.seed)
         erep = None
@@ -88,11 +96,15 @@ def prepare_data(cfg: RunConfig, tokenizer) -> Prepared:
     evals, es = tok(tokenizer, eval_rows, **kw) if eval_rows else ([], None)
     if not train:
         raise UserError("no training rows left after tokenization", where=cfg.data.train)
-    lines = [f"train: {len(train)} rows from {cfg.data.train} ({rep.skipped} invalid skipped)",
+    filtered = f", {rep.filtered} below data.min_score_margin" if rep.filtered else ""
+    lines = [f"train: {len(train)} rows from {cfg.data.train} ({rep.skipped - rep.filtered} invalid skipped{filtered})",
+             f"  {rep.format_line()}",
              f"  truncated: {ts.prompt_truncated} prompts, {ts.completion_truncated} completions"
              f" (max_length {cfg.data.max_length}); {ts.skipped} rows too long skipped"]
     if evals:
         lines.append(f"eval: {len(evals)} rows" + (f" from {cfg.data.eval}" if erep else " split off train"))
+        if erep:
+            lines.append(f"  {erep.format_line()}")
     if cfg.method == "kto":
         n_d = sum(it.label for it in train)
         lines.append(f"kto: {n_d} desirable, {len(train) - n_d} undesirable rows")
