@@ -359,12 +359,34 @@ def _resolve_paths(data: dict, base: Path) -> None:
             node[field] = os.path.abspath(os.path.join(base, os.path.expanduser(node[field])))
 
 
-def load_config(path: str | Path | None, overrides: list[str] = (), *, paths_from_file: bool = True) -> RunConfig:
+def merge_values(data: dict, values: dict) -> dict:
+    """Merge Python values into a nested config dict (in place) and return it: keys are field names
+    or dotted paths (``{"train.beta": 0.3}``), a dict value for a section merges into it
+    (``{"train": {"beta": 0.3}}``). Unlike `apply_overrides`, values are taken as they are (no YAML)."""
+    for key, value in values.items():
+        parts = str(key).strip().split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {key!r}: {part!r} is not a section")
+        last = parts[-1]
+        if isinstance(value, dict) and isinstance(node.get(last, {}), dict):
+            merge_values(node.setdefault(last, {}), value)
+        else:
+            node[last] = value
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] = (), *, paths_from_file: bool = True,
+                values: dict | None = None) -> RunConfig:
     """Read a YAML config (or start from defaults when `path` is None) and apply overrides.
 
-    Relative input paths (PATH_FIELDS) in the file resolve from the file's folder, those in
-    overrides from the current folder; `paths_from_file=False` reads the file's relative paths from
-    the current folder too (a run directory's config.yaml written before paths were stored absolute).
+    `overrides` are `a.b=c` strings (YAML values, as on the command line); `values` are Python values
+    (`merge_values`), applied after them. Relative input paths (PATH_FIELDS) in the file resolve from
+    the file's folder, those in overrides and values from the current folder; `paths_from_file=False`
+    reads the file's relative paths from the current folder too (a run directory's config.yaml
+    written before paths were stored absolute).
     """
     data: dict = {}
     source = "command line"
@@ -386,6 +408,8 @@ def load_config(path: str | Path | None, overrides: list[str] = (), *, paths_fro
         if paths_from_file:
             _resolve_paths(data, path.parent.absolute())
     apply_overrides(data, list(overrides))
+    if values:
+        merge_values(data, values)
     _resolve_paths(data, Path.cwd())  # the overrides' paths (the file's are absolute by now)
     try:
         cfg = RunConfig.model_validate(data)

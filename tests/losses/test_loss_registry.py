@@ -9,12 +9,12 @@ import torch
 
 from alignkit.losses import LOSSES, KTOLogps, LossOutput, LossSpec, PairLogps
 
-CONFIG_FIELDS = {"beta", "label_smoothing", "rpo_alpha", "simpo_gamma", "cpo_alpha", "orpo_lambda",
+CONFIG_FIELDS = {"beta", "label_smoothing", "rpo_alpha", "dpop_lambda", "simpo_gamma", "cpo_alpha", "orpo_lambda",
                  "kto_desirable_weight", "kto_undesirable_weight"}
 
 
 def test_registry_names():
-    assert set(LOSSES) == {"dpo", "ipo", "hinge", "robust", "rpo", "simpo", "cpo", "orpo", "kto"}
+    assert set(LOSSES) == {"dpo", "ipo", "hinge", "robust", "rpo", "dpop", "simpo", "cpo", "orpo", "kto"}
     assert all(isinstance(spec, LossSpec) for spec in LOSSES.values())
     assert [name for name, spec in LOSSES.items() if not spec.paired] == ["kto"]
     assert {name for name, spec in LOSSES.items() if not spec.needs_reference} == {"simpo", "cpo", "orpo"}
@@ -61,6 +61,6 @@ def test_extra_default_is_read_only_and_not_shared():
 def test_metric_names():
     """The metric keys the trainer logs (documented in docs/PAPERS.md)."""
     expected = {"dpo": set(), "ipo": set(), "hinge": set(), "robust": set(), "rpo": {"nll"}, "simpo": set(),
-                "cpo": {"nll"}, "orpo": {"nll", "log_odds_ratio", "log_odds_chosen"}, "kto": {"kl"}}
+                "dpop": {"dpop_penalty"}, "cpo": {"nll"}, "orpo": {"nll", "log_odds_ratio", "log_odds_chosen"}, "kto": {"kl"}}
     for name, spec in LOSSES.items():
         assert set(spec.fn(_inputs(spec)).extra) == expected[name], name

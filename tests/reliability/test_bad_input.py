@@ -80,7 +80,7 @@ def _assert_refused(code: int, err: str, out: Path, *needles: str):
 # (id, _run keyword arguments, substrings the message must hold)
 DATA_CASES = [
     ("missing_file", dict(data=Path("nope.jsonl")), ["cfg.yaml", "data.train: file not found", "nope.jsonl"]),
-    ("unreadable_directory", dict(data=Path("adir.jsonl")), ["adir.jsonl", "directory"]),
+    ("unreadable_directory", dict(data=Path("adir.jsonl")), ["adir.jsonl", "no data files in this folder"]),
     ("not_json", dict(lines=[_row(), "{oops not json", _row()]), ["data.jsonl:2", "not valid JSON"]),
     ("truncated_last_line", dict(raw=(_row() + "\n" + _row()[:30]).encode()), ["data.jsonl:2", "truncated"]),
     ("latin1_bytes", dict(raw=(_row() + "\n" + json.dumps({**GOOD, "prompt": "caf\u00e9"}, ensure_ascii=False)

@@ -79,6 +79,11 @@ class Finding:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def __str__(self) -> str:
+        """As `alignkit diagnose` prints it: severity, name, evidence, then one line per fix."""
+        return "\n".join([f"{self.severity.upper():<8} {self.name}: {self.evidence}",
+                          *(f"           fix: {fix}" for fix in self.fixes)])
+
 
 @dataclass
 class _Run:

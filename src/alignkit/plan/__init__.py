@@ -5,7 +5,10 @@
 - `memory`: the memory model (`PlanInput` -> `Plan`), tables and JSON; `python -m alignkit.plan.memory`
   prints the worked examples of docs/PLANNER.md.
 - `advisor`: `fixes` (cheapest changes that make a run fit) and `recommend` (method + config from data).
+
+The package is callable: `alignkit.plan(config, gpu="t4")` is `alignkit.api.plan`.
 """
+from alignkit import _callable_package
 
 # Names resolve lazily, so that `python -m alignkit.plan.memory` runs without a double import.
 _WHERE = {"Fix": "advisor", "Recommendation": "advisor", "fixes": "advisor", "recommend": "advisor",
@@ -21,3 +24,6 @@ def __getattr__(name: str):
     import importlib
 
     return getattr(importlib.import_module(f"alignkit.plan.{_WHERE[name]}"), name)
+
+
+_callable_package(__name__, "plan")

@@ -146,7 +146,7 @@ def advantages_for(method: str, tcfg, scores, old, ref, values, mask, kl_coef: f
 
 
 def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, force: bool = False,
-               console=print, progress=None, evaluate_after: bool = False) -> Path:
+               console=print, progress=None, evaluate_after: bool = False, keep: tuple[str, ...] = ()) -> Path:
     """`alignkit train` for ppo / rloo / grpo; returns the run directory (see `run.train`)."""
     from alignkit.judges import load_judge
     from alignkit.train.run import (
@@ -160,9 +160,10 @@ def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
         run_plan,
         save_final,
         system_prompt,
+        tracker_config,
     )
 
-    run = check_run_dir(cfg, resume=resume, overwrite=overwrite)
+    run = check_run_dir(cfg, resume=resume, overwrite=overwrite, keep=keep)
     tcfg, method = cfg.train, cfg.method
     k = tcfg.num_generations
     if method in ("rloo", "grpo") and k < 2:
@@ -223,7 +224,7 @@ def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     policy, optimizer, scheduler = accelerator.prepare(policy, optimizer, scheduler)
     kl_ctl = (L.AdaptiveKLController(tcfg.kl_coef, tcfg.kl_target, tcfg.kl_horizon) if tcfg.kl_target
               else L.FixedKLController(tcfg.kl_coef))
-    prepare_run_dir(run, resume=resume, overwrite=overwrite)
+    prepare_run_dir(run, resume=resume, overwrite=overwrite, keep=keep)
     log_file = run / "log.jsonl"
     (run / "config.yaml").write_text(dump_config(cfg))
     _write_run_json(run, cfg, status="running", steps=steps, trainable=trainable, total=total, reference="adapter",
@@ -238,7 +239,7 @@ def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
         log_file.write_text("")
     preflight.check_disk(run, preflight.checkpoint_bytes(model, tcfg.keep_checkpoints))
     if tcfg.trackers:
-        accelerator.init_trackers(run.name, config=json.loads(json.dumps(cfg.model_dump(mode="json"))))
+        accelerator.init_trackers(run.name, config=tracker_config(cfg))
     console(f"{method}: {steps} steps x {tcfg.rollout_prompts} prompts x {k} answers; trainable "
             f"{trainable:,} / {total:,} params; reference: adapter off; value model: "
             f"{'head on the policy' if value_head is not None else 'none (group baseline)'}")

@@ -70,6 +70,8 @@ def check_inputs(cfg, *, train: bool = True, evaluate: bool = False) -> None:
     """
     from alignkit.config import ONLINE_METHODS
 
+    if train:
+        check_trackers(cfg.train.trackers)
     d, problems = cfg.data, []
     if train and not d.train:
         problems.append("data.train: not set (the training file is required)")
@@ -104,6 +106,24 @@ def check_inputs(cfg, *, train: bool = True, evaluate: bool = False) -> None:
 
         hint = f"{hint}; {HUB_HINT}"
     raise UserError(head, where=cfg.source, hint=hint)
+
+
+# The package each `train.trackers` entry needs (accelerate drops a tracker whose package is missing
+# without a word, so the run would train and log nowhere).
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+
+
+def check_trackers(trackers, find_spec=None) -> None:
+    """Refuse a `train.trackers` entry whose package is not installed, naming the field."""
+    import importlib.util
+
+    find_spec = find_spec or importlib.util.find_spec
+    missing = [t for t in trackers if not any(find_spec(m) for m in TRACKER_PACKAGES.get(t, (t,)))]
+    if missing:
+        raise UserError(f"train.trackers: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not installed",
+                        where="config field train.trackers",
+                        hint=f"pip install {' '.join(TRACKER_PACKAGES.get(t, (t,))[0] for t in missing)}, or remove "
+                             f"{'it' if len(missing) == 1 else 'them'} from train.trackers")
 
 
 def checkpoint_bytes(model, keep: int) -> int:

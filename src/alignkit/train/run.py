@@ -121,24 +121,50 @@ def _item_length(item) -> int:
     return len(item.prompt_ids) + len(item.completion_ids)
 
 
-def check_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool) -> Path:
-    """Refuse to start over another run; touches nothing (called before any work is done)."""
+def check_run_dir(cfg: RunConfig, *, resume: bool, overwrite: bool, keep: tuple[str, ...] = ()) -> Path:
+    """Refuse to start over another run; touches nothing (called before any work is done).
+
+    `keep`: names of entries the caller put into the run directory for this run (the Python API's
+    `data/`, `alignkit.api.INPUTS_DIR`); they do not count as another run."""
     run = Path(cfg.output_dir)
     if run.exists() and not run.is_dir():
         raise UserError("output_dir is a file", where=f"config field output_dir ({run})")
-    if run.is_dir() and any(run.iterdir()) and not resume and not overwrite:
+    if run.is_dir() and _other_entries(run, keep) and not resume and not overwrite:
         raise UserError("the output directory already holds a run", where=str(run),
                         hint="pass --resume to continue it, --overwrite to replace it, "
                              "or set output_dir to a new directory")
     return run
 
 
-def prepare_run_dir(run: Path, *, resume: bool, overwrite: bool) -> Path:
-    """Create (or, with --overwrite, empty) the run directory, once the inputs have been validated."""
-    if run.is_dir() and any(run.iterdir()) and overwrite and not resume:
-        shutil.rmtree(run)
+def prepare_run_dir(run: Path, *, resume: bool, overwrite: bool, keep: tuple[str, ...] = ()) -> Path:
+    """Create (or, with --overwrite, empty) the run directory, once the inputs have been validated;
+    the entries named in `keep` stay."""
+    if run.is_dir() and overwrite and not resume:
+        for entry in _other_entries(run, keep):
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     run.mkdir(parents=True, exist_ok=True)
     return run
+
+
+def _other_entries(run: Path, keep: tuple[str, ...]) -> list[Path]:
+    return [p for p in run.iterdir() if p.name not in keep]
+
+
+def tracker_config(cfg: RunConfig) -> dict:
+    """The run's config for `accelerator.init_trackers`: one flat level of dotted field names with
+    scalar values (TensorBoard's hparams take nothing else; a list such as `model.lora.target_modules`
+    becomes its comma-joined text, None stays None and TensorBoard leaves it out)."""
+    flat: dict = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[prefix + key] = ",".join(map(str, value)) if isinstance(value, list) else value
+
+    walk(cfg.model_dump(mode="json"), "")
+    return flat
 
 
 # Fields an override may change on --resume: they do not change what the checkpoint was trained on.
@@ -253,13 +279,15 @@ def _reference(cfg: RunConfig, model, lora: bool, pairs, evals, pad_id, accelera
 
 
 def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, force: bool = False,
-          evaluate_after: bool = False, evaluate_round=None, console=print, progress=None) -> Path:
+          evaluate_after: bool = False, evaluate_round=None, console=print, progress=None,
+          keep: tuple[str, ...] = ()) -> Path:
     """Run `cfg` to completion (or resume it); returns the run directory.
 
     `evaluate_after`: the caller evaluates the run next, so the evaluation's inputs are checked up
-    front too and the finished run's status is `trained` (not yet `done`). With `train.rounds` > 1
-    the rounds run instead (`alignkit.train.rounds`), each evaluated by `evaluate_round(run)` when
-    given, and the rounds' folder is returned."""
+    front too and the finished run's status is `trained` (not yet `done`). `keep`: entries of the run
+    directory the caller wrote for this run (`check_run_dir`), kept by `overwrite`. With
+    `train.rounds` > 1 the rounds run instead (`alignkit.train.rounds`), each evaluated by
+    `evaluate_round(run)` when given, and the rounds' folder is returned."""
     preflight.check_inputs(cfg, train=True, evaluate=evaluate_after or evaluate_round is not None)
     if cfg.train.rounds > 1:
         from alignkit.train.rounds import run_rounds
@@ -270,8 +298,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
         from alignkit.train.ppo import run_online
 
         return run_online(cfg, resume=resume, overwrite=overwrite, force=force, console=console, progress=progress,
-                          evaluate_after=evaluate_after)
-    run = check_run_dir(cfg, resume=resume, overwrite=overwrite)
+                          evaluate_after=evaluate_after, keep=keep)
+    run = check_run_dir(cfg, resume=resume, overwrite=overwrite, keep=keep)
     tcfg = cfg.train
     mp = resolve_mixed_precision(tcfg.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
     accelerator = make_accelerator(mp, trackers=tcfg.trackers, project_dir=str(run))
@@ -335,7 +363,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
                               num_training_steps=total_steps)
     forward = getattr(objective, "make_forward", PolicyForward)(model)
     forward, optimizer, scheduler = accelerator.prepare(forward, optimizer, scheduler)
-    prepare_run_dir(run, resume=resume, overwrite=overwrite)
+    prepare_run_dir(run, resume=resume, overwrite=overwrite, keep=keep)
     state = LoopState()
     log_file = run / "log.jsonl"
     if accelerator.is_main_process:
@@ -349,7 +377,7 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
         log_file.write_text("")
     preflight.check_disk(run, preflight.checkpoint_bytes(model, tcfg.keep_checkpoints))
     if tcfg.trackers:
-        accelerator.init_trackers(run.name, config=json.loads(json.dumps(cfg.model_dump(mode="json"))))
+        accelerator.init_trackers(run.name, config=tracker_config(cfg))
     console(f"{cfg.method}: {total_steps} steps x {per_step} micro-batches of {tcfg.micro_batch_size}; "
             f"trainable {trainable:,} / {total:,} params; reference: {ref_kind}; autocast: {mp}")
 
