@@ -161,7 +161,7 @@ def check_options(*, k: int, temperature: float, max_new_tokens: int, batch_size
 def sample_pairs(model, tokenizer, prompts: Sequence[PromptRow], judge, *, k: int = 4,
                  temperature: float = 1.0, max_new_tokens: int = 64, batch_size: int = 32, seed: int = 0,
                  chosen: str = "best_or_reference", min_margin: float = 0.0,
-                 keep_ties: bool = True) -> tuple[list[dict], dict]:
+                 keep_ties: bool = True, decode_dtype=None) -> tuple[list[dict], dict]:
     """Sample `k` answers per prompt, judge them and build on-policy pairs (rules: module docstring).
 
     Args:
@@ -174,6 +174,7 @@ def sample_pairs(model, tokenizer, prompts: Sequence[PromptRow], judge, *, k: in
         chosen: ``"best"``, ``"reference"`` or ``"best_or_reference"``.
         min_margin: chosen's score must exceed rejected's by more than this.
         keep_ties: keep prompts whose answers all scored equal (see the module docstring).
+        decode_dtype: sample from a copy in this precision (e.g. torch.bfloat16; `alignkit.sample`).
 
     Returns:
         ``(rows, stats)``: rows in prompt order (fields: `pair_row`); stats as in `_stats`.
@@ -184,7 +185,7 @@ def sample_pairs(model, tokenizer, prompts: Sequence[PromptRow], judge, *, k: in
     stops = stop_ids(model, tokenizer)
     drawn = sample(model, prompt_ids, stop_ids=stops, pad_id=pad_id_of(tokenizer, stops),
                    max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature, num_samples=k,
-                   batch_size=batch_size, seed=seed)
+                   batch_size=batch_size, seed=seed, decode_dtype=decode_dtype)
     texts = [tokenizer.decode(c, skip_special_tokens=True).strip() for c in drawn.completion_ids]
     owner = [prompts[i] for i in drawn.prompt_index]
     scores = _judge(judge, [list(p.prompt) for p in owner], texts, [p.meta for p in owner])
@@ -301,7 +302,8 @@ def sample_pairs_file(prompts_path: str | Path, *, model: str, out: str | Path, 
                       seed: int = 0, chosen: str = "best_or_reference", min_margin: float = 0.0,
                       keep_ties: bool = True, system_prompt_file: str | None = None,
                       stats_path: str | Path | None = None, max_prompts: int | None = None,
-                      overwrite: bool = False, skip_invalid: bool = False, console=print) -> dict:
+                      overwrite: bool = False, skip_invalid: bool = False, decode_dtype=None,
+                      console=print) -> dict:
     """`alignkit data sample-pairs`: prompts file -> pairs JSONL (+ stats JSON); returns the stats.
 
     Everything a user can get wrong (paths, options, the judge spec, the prompt rows, a judge that
@@ -351,11 +353,12 @@ def sample_pairs_file(prompts_path: str | Path, *, model: str, out: str | Path, 
     policy = load_model(model, device="cuda" if torch.cuda.is_available() else "cpu")
     pairs, stats = sample_pairs(policy, tokenizer, rows, judge_fn, k=k, temperature=temperature,
                                 max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed, chosen=chosen,
-                                min_margin=min_margin, keep_ties=keep_ties)
+                                min_margin=min_margin, keep_ties=keep_ties, decode_dtype=decode_dtype)
     stats["input"] = {"path": str(prompts_path), "rows": len(rows), "invalid_skipped": report.skipped}
     stats["settings"] = {"model": model, "judge": getattr(judge_fn, "name", judge), "k": k,
                          "temperature": temperature, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                          "seed": seed, "chosen": chosen, "min_margin": min_margin, "keep_ties": keep_ties,
+                         "decode_dtype": str(decode_dtype).removeprefix("torch.") if decode_dtype else None,
                          "system_prompt_file": system_prompt_file}
     if stats_file is not None:
         write_atomic(stats_file, json.dumps(stats, indent=1) + "\n")

@@ -80,6 +80,13 @@ def run_rounds(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     from alignkit.train.run import PAIRED, train
 
     check_rounds(cfg, PAIRED)
+    import torch
+
+    from alignkit.models import resolve_mixed_precision
+
+    # Under bf16 autocast the answers are sampled from a bf16 copy too, as PPO's rollouts are.
+    mp = resolve_mixed_precision(cfg.train.mixed_precision, "cuda" if torch.cuda.is_available() else "cpu")
+    decode_dtype = torch.bfloat16 if mp == "bf16" else None
     root = Path(cfg.output_dir)
     if root.exists() and not root.is_dir():
         raise UserError("output_dir is a file", where=f"config field output_dir ({root})")
@@ -106,7 +113,8 @@ def run_rounds(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
                                       max_new_tokens=tcfg.max_new_tokens, seed=tcfg.seed * 1_000_003 + r,
                                       system_prompt_file=cfg.data.system_prompt_file, stats_path=stats_path,
                                       max_prompts=cfg.data.max_rows, overwrite=True,
-                                      skip_invalid=cfg.data.skip_invalid, console=console)
+                                      skip_invalid=cfg.data.skip_invalid, decode_dtype=decode_dtype,
+                                      console=console)
             train(round_config(cfg, r, base, pairs), overwrite=True, force=force,
                   evaluate_after=evaluate is not None, console=console, progress=progress)
             if evaluate is not None:
