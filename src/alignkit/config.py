@@ -215,7 +215,7 @@ class TrainConfig(_Section):
     frozen copy; `precomputed` = reference log-probs computed once and cached on disk; `auto` picks
     `adapter` with LoRA and `precomputed` without."""
     prefix_sharing: bool = True
-    """One forward per pair: [prompt, chosen, rejected] with a mask that hides chosen from rejected."""
+    """One forward per pair: [prompt, chosen, rejected] with a mask that hides chosen from rejected (sliding windows included). false: one row per sequence with the model's own masks, for a model whose attention takes no such mask (training says so)."""
     seed: int = 0
     """Seeds Python, NumPy and torch, and the data order."""
     log_every: int = Field(1, ge=1)

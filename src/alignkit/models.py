@@ -234,6 +234,32 @@ def load_model(name_or_path: str = DEFAULT_MODEL, *, dtype: str | torch.dtype = 
     return model
 
 
+def disable_dropout(model: torch.nn.Module) -> int:
+    """Switch every dropout of `model` off, keeping train mode (gradient checkpointing and all): the
+    `nn.Dropout` modules (GPT-2's embd/resid/attn_pdrop), the attention-probability dropout rates
+    the attention modules read in train mode (`attention_dropout` of Llama, Qwen, Gemma, ...) and
+    the config's dropout fields. Preference, reward and online methods compare log-probs of the same
+    weights (policy against reference, new against old), so a random mask would be noise in the loss
+    (TRL's `disable_dropout=True`). LoRA's own `model.lora.dropout` is added afterwards and stays.
+    Returns how many settings were non-zero."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            changed += module.p > 0
+            module.p = 0.0
+        for name, value in list(vars(module).items()):
+            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool):
+                changed += value > 0
+                setattr(module, name, 0.0)
+    configs = [getattr(model, "config", None)]
+    configs.append(getattr(configs[0], "text_config", None))
+    for config in filter(None, configs):
+        for name, value in config.to_dict().items():
+            if ("dropout" in name or name.endswith("pdrop")) and isinstance(value, float):
+                setattr(config, name, 0.0)
+    return int(changed)
+
+
 def _bnb_config(quantization: str, compute_dtype: torch.dtype):
     if not torch.cuda.is_available():
         raise UserError(f"model.quantization={quantization} needs a CUDA GPU (bitsandbytes)",

@@ -25,7 +25,7 @@ import torch
 
 from alignkit.data.collate import Batch, collate_single
 from alignkit.errors import UserError
-from alignkit.logprobs import attention_mask_for
+from alignkit.logprobs import decoder_mask
 
 REWARD_FILE = "reward.json"
 
@@ -75,7 +75,7 @@ def segment_rewards(model, batch: Batch) -> torch.Tensor:
     backbone, head = _parts(model)
     dtype = next(head.parameters()).dtype
     hidden = backbone(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                      attention_mask=attention_mask_for(model, batch.attention_mask, dtype),
+                      attention_mask=decoder_mask(model, batch, dtype),
                       use_cache=False).last_hidden_state
     return head(hidden[batch.end_rows, batch.end_cols]).squeeze(-1).float()
 

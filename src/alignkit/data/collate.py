@@ -38,6 +38,9 @@ class Batch:
     n_padded: int  # B * L
     end_rows: torch.Tensor | None = None  # (n_segments,) row of each segment's last token (its EOS)
     end_cols: torch.Tensor | None = None  # (n_segments,) column of that token: where a reward head reads
+    # (B, L) 1 = real token, for a plain layout (each row one causal sequence from position 0): the
+    # decoder then builds its own masks from it (sliding windows included). None: prefix-shared rows.
+    padding_mask: torch.Tensor | None = None
 
     def to(self, device) -> Batch:
         moved = {k: v.to(device) if torch.is_tensor(v) else v for k, v in self.__dict__.items()}
@@ -81,7 +84,8 @@ class _Builder:
                     col = begin + j - 1 if j > 0 else prev
                     if col is not None:
                         self.targets.append((r, col, t, seg))
-        self.rows.append(dict(ids=ids, pos=pos, spans=spans, parents=parents))
+        plain = pos == list(range(len(ids))) and all(p == (b - 1 if b else None) for b, p in enumerate(parents))
+        self.rows.append(dict(ids=ids, pos=pos, spans=spans, parents=parents, plain=plain))
 
     def build(self, n_segments: int) -> Batch:
         B = len(self.rows)
@@ -108,8 +112,12 @@ class _Builder:
             mask[r, 0, idx, idx] = True
         t = torch.tensor(self.targets, dtype=torch.long).reshape(-1, 4)
         ends = torch.tensor([self.ends.get(s, (0, 0)) for s in range(n_segments)], dtype=torch.long).reshape(-1, 2)
+        padding = None
+        if all(row["plain"] for row in self.rows):
+            lengths = torch.tensor([len(row["ids"]) for row in self.rows])
+            padding = (torch.arange(L)[None] < lengths[:, None]).long()
         return Batch(input_ids, position_ids, mask, t[:, 0], t[:, 1], t[:, 2], t[:, 3],
-                     n_segments, n_tokens, B * L, ends[:, 0], ends[:, 1])
+                     n_segments, n_tokens, B * L, ends[:, 0], ends[:, 1], padding)
 
 
 def collate_pairs(pairs, pad_id: int, *, shared: bool = True) -> Batch:

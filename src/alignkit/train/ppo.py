@@ -42,9 +42,16 @@ from alignkit.config import RunConfig, dump_config
 from alignkit.data import formats
 from alignkit.data.collate import Batch, PromptCompletion, collate_single
 from alignkit.errors import UserError
-from alignkit.logprobs import _parts, attention_mask_for
+from alignkit.logprobs import _parts, final_logits, target_hidden
 from alignkit.losses import ppo as L
-from alignkit.models import apply_lora, count_parameters, load_model, load_tokenizer, resolve_mixed_precision
+from alignkit.models import (
+    apply_lora,
+    count_parameters,
+    disable_dropout,
+    load_model,
+    load_tokenizer,
+    resolve_mixed_precision,
+)
 from alignkit.sample import sample, stop_ids
 from alignkit.train import preflight
 from alignkit.train.checkpoint import save_checkpoint
@@ -83,13 +90,9 @@ def token_outputs(model, batch: Batch, temperature: float, value_head=None):
     softmax(logits / T), the entropy of that distribution, and V(state before the token).
 
     Returns (logps (N,), entropy (N,), values (N,) or None)."""
-    decoder, head = _parts(model)
-    dtype = next(head.parameters()).dtype
-    hidden = decoder(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                     attention_mask=attention_mask_for(model, batch.attention_mask, dtype),
-                     use_cache=False).last_hidden_state
-    h = hidden[batch.rows, batch.cols]
-    logp_all = (head(h).float() / temperature).log_softmax(-1)
+    _, head = _parts(model)
+    h = target_hidden(model, batch)
+    logp_all = (final_logits(model.config, head(h).float()) / temperature).log_softmax(-1)
     logps = logp_all.gather(-1, batch.targets[:, None]).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
     values = value_head(h.to(value_head.weight.dtype)).squeeze(-1).float() if value_head is not None else None
@@ -204,6 +207,7 @@ def run_online(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False,
     base = load_model(cfg.model.name_or_path, dtype=cfg.model.dtype, device=device,
                       trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle,
                       attn_implementation=cfg.model.attn_implementation, quantization=cfg.model.quantization)
+    disable_dropout(base)  # policy.eval() below does it too; one rule for every method that compares log-probs
     lc = cfg.model.lora
     model = apply_lora(base, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=lc.target_modules,
                        gradient_checkpointing=cfg.model.gradient_checkpointing)

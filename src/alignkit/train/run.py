@@ -23,7 +23,14 @@ from alignkit.config import ONLINE_METHODS, RunConfig, dump_config, load_config
 from alignkit.data import formats, tokenize
 from alignkit.data.kto_convert import kto_balance_warning
 from alignkit.errors import UserError
-from alignkit.models import apply_lora, count_parameters, load_model, load_tokenizer, resolve_mixed_precision
+from alignkit.models import (
+    apply_lora,
+    count_parameters,
+    disable_dropout,
+    load_model,
+    load_tokenizer,
+    resolve_mixed_precision,
+)
 from alignkit.train import preflight
 from alignkit.train import reference as refs
 from alignkit.train.checkpoint import latest_checkpoint, load_checkpoint
@@ -249,7 +256,7 @@ def run_plan(cfg: RunConfig, device):
         return None
 
 
-def _reference(cfg: RunConfig, model, lora: bool, pairs, evals, pad_id, accelerator, console):
+def _reference(cfg: RunConfig, model, lora: bool, pairs, evals, pad_id, accelerator, console, tokenizer):
     """The reference strategy of a method that needs one, and its name. A precomputed table is
     computed under the run's autocast (the policy's forward is) and cached per precision."""
     kind = cfg.train.reference
@@ -268,13 +275,13 @@ def _reference(cfg: RunConfig, model, lora: bool, pairs, evals, pad_id, accelera
         return refs.AdapterReference(), kind
     if kind == "copy":
         return refs.CopyReference(model), kind
-    key = refs.model_fingerprint(cfg.model.name_or_path, cfg.model.dtype)
-    if accelerator.mixed_precision != "no":
-        key += f"|autocast:{accelerator.mixed_precision}"
+    key = refs.reference_key(refs.reference_key_parts(
+        model, tokenizer, name_or_path=cfg.model.name_or_path, quantization=cfg.model.quantization,
+        autocast=accelerator.mixed_precision, prefix_sharing=cfg.train.prefix_sharing))
     with accelerator.autocast():
         table, _, _ = refs.cached_reference_table(model, pairs + evals, model_key=key, pad_id=pad_id,
                                                   batch_size=cfg.train.micro_batch_size, device=accelerator.device,
-                                                  log=console)
+                                                  log=console, shared=cfg.train.prefix_sharing)
     return refs.PrecomputedReference(table), kind
 
 
@@ -313,6 +320,8 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
     model = load_model(cfg.model.name_or_path, dtype=cfg.model.dtype, device=accelerator.device,
                        trust_remote_code=cfg.model.trust_remote_code, allow_pickle=cfg.model.allow_pickle,
                        attn_implementation=cfg.model.attn_implementation, quantization=cfg.model.quantization)
+    if cfg.method != "sft":  # policy and reference must be the same function of the weights (no random masks)
+        disable_dropout(model)
     if cfg.method == "reward":  # the causal LM's backbone under a scalar head
         from alignkit.reward_model import to_reward_model
 
@@ -327,14 +336,14 @@ def train(cfg: RunConfig, *, resume: bool = False, overwrite: bool = False, forc
     # A frozen copy / precomputed table must come from the starting weights, before LoRA or training.
     ref, ref_kind = (None, "none")
     if needs_ref and not lora:
-        ref, ref_kind = _reference(cfg, model, False, pairs, evals, pad_id, accelerator, console)
+        ref, ref_kind = _reference(cfg, model, False, pairs, evals, pad_id, accelerator, console, tokenizer)
     if lora:
         lc = cfg.model.lora
         model = apply_lora(model, r=lc.r, alpha=lc.alpha, dropout=lc.dropout, target_modules=lc.target_modules,
                            gradient_checkpointing=cfg.model.gradient_checkpointing,
                            task_type="SEQ_CLS" if cfg.method == "reward" else "CAUSAL_LM")
         if needs_ref:
-            ref, ref_kind = _reference(cfg, model, True, pairs, evals, pad_id, accelerator, console)
+            ref, ref_kind = _reference(cfg, model, True, pairs, evals, pad_id, accelerator, console, tokenizer)
     trainable, total = count_parameters(model)
     if trainable == 0:
         raise UserError("the model has no trainable parameters", where="config field model.lora",
