@@ -47,8 +47,8 @@ def _cfg(tmp: Path, ckpt: Path, prompts: Path, name: str, **train_kw) -> RunConf
     return RunConfig.model_validate({
         "method": "dpo", "output_dir": str(tmp / name),
         "model": {"name_or_path": str(ckpt), "lora": {"r": 8, "alpha": 16}},
-        "data": {"train": str(prompts), "eval": None, "eval_fraction": 0.0, "max_length": 128,
-                 "max_prompt_length": 96, "system_prompt_file": None},
+        "data": {"train": str(prompts), "eval": str(ROOT / "examples/task_api/data/eval.jsonl"), "max_eval_rows": 4,
+                 "eval_fraction": 0.0, "max_length": 128, "max_prompt_length": 96, "system_prompt_file": None},
         "train": t, "eval": {"enabled": False}})
 
 
@@ -66,6 +66,9 @@ def test_each_round_samples_from_the_last_and_trains_on_its_own_answers(tmp_path
         cfg_text = (run / "config.yaml").read_text()
         assert f"name_or_path: {starts_from}" in cfg_text and f"pairs-round-{r}.jsonl" in cfg_text
         assert table[r - 1]["sample_score"] == pytest.approx(stats["mean_score"])
+        log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+        assert "loss" not in log[-1]  # the held-out row comes last: the table must skip it
+        assert table[r - 1]["loss"] == pytest.approx(log[-2]["loss"]) and table[r - 1]["steps"] == 2
         pairs = [json.loads(x) for x in (root / f"pairs-round-{r}.jsonl").read_text().splitlines()]
         assert pairs and len(pairs) == stats["pairs"] == table[r - 1]["pairs"]
         for p in pairs:  # the rejected side is the model's own answer, scored below the chosen one

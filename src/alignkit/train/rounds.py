@@ -132,7 +132,7 @@ def _round_row(r: int, run: Path, stats: dict) -> dict:
     log = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines() if x.strip()] \
         if (run / "log.jsonl").is_file() else []
     metrics = json.loads((run / "metrics.json").read_text()) if (run / "metrics.json").is_file() else {}
-    last = log[-1] if log else {}
+    last = next((row for row in reversed(log) if "loss" in row), {})  # the last training row (not an eval row)
     return {"round": r, "run": str(run), "pairs": stats.get("pairs"), "chosen_policy": stats.get("chosen_policy"),
             "chosen_reference": stats.get("chosen_reference"), "sample_score": stats.get("mean_score"),
             "sample_eos_rate": stats.get("eos_rate"), "loss": last.get("loss"),
