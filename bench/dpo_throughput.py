@@ -3,7 +3,9 @@
     .venv/bin/python bench/dpo_throughput.py [--quick] [--json PATH] [--workloads task_api,long_prompt,beta_sweep]
 
 Setup (identical for both trainers): the embedded SmolLM2-135M-Instruct (`default_model_dir()`), fp32
-on CPU, LoRA r=16 alpha=32 dropout 0 on q,k,v,o_proj, reference = the base with the adapter
+on CPU (alignkit also twice more: `alignkit_bf16`, fp32 weights under bf16 autocast, and
+`alignkit_bf16w`, the frozen base held in bf16 with the LoRA weights fp32, under bf16 autocast; their
+MFU is against the measured bf16 matmul rate), LoRA r=16 alpha=32 dropout 0 on q,k,v,o_proj, reference = the base with the adapter
 disabled, micro-batch 4 pairs, gradient accumulation 1, AdamW lr 5e-5, grad-norm clip 1.0,
 gradient checkpointing off, max_length 1024 (max_prompt_length 768: no row is truncated, checked).
 
@@ -223,11 +225,13 @@ def child_alignkit(args) -> dict:
     spec = json.loads(Path(args.spec).read_text())
     W, M = spec["warm"], spec["measured"]
     torch.manual_seed(SEED)
-    accelerator = Accelerator(mixed_precision="bf16" if args.precision == "bf16" else "no", cpu=True)
+    # bf16: fp32 weights under bf16 autocast; bf16w: the frozen base held in bf16 too (LoRA weights fp32)
+    accelerator = Accelerator(mixed_precision="no" if args.precision == "fp32" else "bf16", cpu=True)
     tok = load_tokenizer(args.model_dir)
     rows, _ = load_preferences(spec["rows"])  # prompts already carry the system message
     items, _ = tokenize_pairs(tok, rows, max_length=MAX_LENGTH, max_prompt_length=MAX_PROMPT_LENGTH)
-    model = load_model(args.model_dir, dtype="float32", device=accelerator.device)
+    model = load_model(args.model_dir, dtype="bfloat16" if args.precision == "bf16w" else "float32",
+                       device=accelerator.device)
     model = apply_lora(model, **LORA)
     objective = PreferenceObjective(
         "dpo",
@@ -392,12 +396,12 @@ def throughput(name: str, sizes, work: Path, model_dir: Path, tokenizer, rows, l
     spec_path = work / f"{name}.spec.json"
     spec_path.write_text(json.dumps(spec))
     pairs = measured * MICRO
-    who_all = ("alignkit", "alignkit_bf16", "trl")
+    who_all = ("alignkit", "alignkit_bf16", "alignkit_bf16w", "trl")
     res: dict[str, list[dict]] = {who: [] for who in who_all}
     for k in range(rounds):
         for who in who_all if k % 2 == 0 else who_all[::-1]:
-            if who == "alignkit_bf16":
-                r = run_child("alignkit", model_dir, spec_path, precision="bf16")
+            if who.startswith("alignkit_"):
+                r = run_child("alignkit", model_dir, spec_path, precision=who.removeprefix("alignkit_"))
             else:
                 r = run_child(who, model_dir, spec_path)
             res[who].append(r)
@@ -415,6 +419,8 @@ def throughput(name: str, sizes, work: Path, model_dir: Path, tokenizer, rows, l
         )
     out["speedup_bf16"] = out["alignkit_bf16_pairs_per_s"] / out["trl_pairs_per_s"]
     out["peak_rss_ratio_bf16"] = out["alignkit_bf16_peak_rss_mb"] / out["trl_peak_rss_mb"]
+    out["speedup_bf16w"] = out["alignkit_bf16w_pairs_per_s"] / out["trl_pairs_per_s"]
+    out["peak_rss_ratio_bf16w"] = out["alignkit_bf16w_peak_rss_mb"] / out["trl_peak_rss_mb"]
     out["speedup"] = out["alignkit_pairs_per_s"] / out["trl_pairs_per_s"]
     out["peak_rss_ratio"] = out["alignkit_peak_rss_mb"] / out["trl_peak_rss_mb"]
     out.update(
@@ -463,7 +469,10 @@ def print_table(results: dict, peak: float, peak_bf16: float) -> None:
               f"{r['trl_pairs_per_s']:8.3f} {r['speedup']:7.2f}x {r['speedup_bf16']:7.2f}x {rss:>21s} "
               f"{r['alignkit_mfu']:8.1%} {r['alignkit_bf16_mfu']:8.1%} {r['trl_mfu']:7.1%} "
               f"{r['alignkit_forward_tokens_per_pair']:9.0f} / {r['trl_forward_tokens_per_pair']:<8.0f}")  # fmt: skip
-        print(f"{'':12s} RSS vs TRL: fp32 {r['peak_rss_ratio']:.2f}x, bf16 {r['peak_rss_ratio_bf16']:.2f}x")
+        print(f"{'':12s} RSS vs TRL: fp32 {r['peak_rss_ratio']:.2f}x, bf16 {r['peak_rss_ratio_bf16']:.2f}x; "
+              f"bf16 base weights: {r['alignkit_bf16w_pairs_per_s']:.3f} p/s = {r['speedup_bf16w']:.2f}x TRL, "
+              f"RSS {r['alignkit_bf16w_peak_rss_mb']:.0f} MB = {r['peak_rss_ratio_bf16w']:.2f}x, "
+              f"MFU {r['alignkit_bf16w_mfu']:.1%}")
     if "beta_sweep" in results:
         r = results["beta_sweep"]
         print(f"beta_sweep   3 runs x {r['steps_per_run']} steps on {r['rows']} pairs: live reference "
@@ -519,6 +528,7 @@ def main(argv=None) -> None:
             r["alignkit_mfu"] = r["alignkit_useful_flops_per_s"] / peak
             r["trl_mfu"] = r["trl_useful_flops_per_s"] / peak
             r["alignkit_bf16_mfu"] = r["alignkit_bf16_useful_flops_per_s"] / peak_bf16  # its own precision's rate
+            r["alignkit_bf16w_mfu"] = r["alignkit_bf16w_useful_flops_per_s"] / peak_bf16
             r["mfu"] = r["alignkit_mfu"]
     print_table(results, peak, peak_bf16)
     print(
