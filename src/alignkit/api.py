@@ -255,14 +255,10 @@ def train(config=None, data=None, eval_data=None, *, resume: bool = False, overw
             run_dir = Path(as_config(config).output_dir)
         cfg = R.resume_config(run_dir, [f"{k}={json.dumps(v)}" for k, v in _dotted(fields).items()],
                               console=console)
-        done = R.finished_steps(run_dir)
+        done = R.finished_for_resume(
+            run_dir, cfg, lambda done: f"train a new stage from it: alignkit.train(alignkit.Run('{run_dir}').config, "
+                                       f"output_dir=NEW, model={{'name_or_path': '{run_dir}'}})")
         if done is not None:
-            if cfg.train.max_steps and cfg.train.max_steps > done:
-                raise UserError(f"the run is finished ({done} steps); extending a finished run to "
-                                f"train.max_steps={cfg.train.max_steps} is not supported (the optimizer state of "
-                                f"its last step is not kept)", where=str(run_dir),
-                                hint=f"train a new stage from it: alignkit.train(alignkit.Run('{run_dir}').config, "
-                                     f"output_dir=NEW, model={{'name_or_path': '{run_dir}'}})")
             console(f"{run_dir} is already finished ({done} steps): nothing to do")
             return Run(run_dir)
     else:

@@ -53,7 +53,7 @@ def cmd_train(args) -> int:
     import json
 
     from alignkit.config import load_config
-    from alignkit.train.run import finished_steps, resume_config, train
+    from alignkit.train.run import finished_for_resume, finished_steps, resume_config, train
 
     overrides = list(args.overrides)
     if args.resume:
@@ -66,15 +66,10 @@ def cmd_train(args) -> int:
         rounds = run / "config.rounds.yaml"  # a folder of rounds: finished rounds are kept, the rest redone
         cfg = load_config(rounds, [*overrides, f"output_dir={run}"], paths_from_file=False) if rounds.is_file() \
             else resume_config(run, overrides)
-        done = None if rounds.is_file() else finished_steps(run)
+        done = None if rounds.is_file() else finished_for_resume(
+            run, cfg, lambda done: f"train a new stage from it: alignkit train {run / 'config.yaml'} "
+                                   f"model.name_or_path={run} output_dir=NEW train.max_steps={cfg.train.max_steps - done}")
         if done is not None:
-            if cfg.train.max_steps and cfg.train.max_steps > done:
-                raise UserError(f"the run is finished ({done} steps); extending a finished run to "
-                                f"train.max_steps={cfg.train.max_steps} is not supported (the optimizer state of "
-                                f"its last step is not kept)", where=str(run),
-                                hint=f"train a new stage from it: alignkit train {run / 'config.yaml'} "
-                                     f"model.name_or_path={run} output_dir=NEW train.max_steps="
-                                     f"{cfg.train.max_steps - done}")
             print(f"{run} is already finished ({done} steps): nothing to do. Evaluate it with `alignkit eval "
                   f"{run}`; to train more, pass a new output_dir and model.name_or_path={run}")
             return 0

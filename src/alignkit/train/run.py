@@ -239,6 +239,20 @@ def finished_steps(run: Path) -> int | None:
     return int(info.get("done") or info.get("steps") or 0) if info.get("status") in FINISHED else None
 
 
+def finished_for_resume(run: Path, cfg: RunConfig, new_stage_hint) -> int | None:
+    """The steps of `run` when its training finished (a resume has nothing to do), else None.
+
+    A `train.max_steps` beyond a finished run's steps is refused: the optimizer state of its last
+    step is not kept. `new_stage_hint(done)` says how to train a new stage from it instead (the CLI
+    and the Python API word it their own way)."""
+    done = finished_steps(run)
+    if done is not None and cfg.train.max_steps and cfg.train.max_steps > done:
+        raise UserError(f"the run is finished ({done} steps); extending a finished run to "
+                        f"train.max_steps={cfg.train.max_steps} is not supported (the optimizer state of "
+                        f"its last step is not kept)", where=str(run), hint=new_stage_hint(done))
+    return done
+
+
 def run_plan(cfg: RunConfig, device):
     """The memory planner's plan for this run on this device (its total is recorded next to the
     measured peak), or None for an architecture the planner does not know."""
