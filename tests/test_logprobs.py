@@ -4,45 +4,18 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from tinymodels import tiny_llama
+from tinymodels import plain_pair_logps, random_pairs, tiny_llama
 
 from alignkit.data.collate import collate_pairs, collate_single
 from alignkit.logprobs import completion_logps, plain_completion_logps
-
-
-@dataclass
-class P:
-    prompt_ids: list
-    chosen_ids: list
-    rejected_ids: list
-
-
-def _pairs(seed=0, n=5, vocab=128):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda lo, hi: torch.randint(3, vocab, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()  # noqa: E731
-    return [P(r(1, 12), r(1, 9) + [2], r(1, 9) + [2]) for _ in range(n)]
-
-
-def _plain(model, pairs):
-    """Two right-padded sequences per pair through the full model; chosen, rejected interleaved."""
-    seqs, masks = [], []
-    for p in pairs:
-        for c in (p.chosen_ids, p.rejected_ids):
-            seqs.append(p.prompt_ids + c)
-            masks.append([0] * len(p.prompt_ids) + [1] * len(c))
-    L = max(map(len, seqs))
-    ids = torch.tensor([s + [0] * (L - len(s)) for s in seqs])
-    att = torch.tensor([[1] * len(s) + [0] * (L - len(s)) for s in seqs])
-    cm = torch.tensor([m + [0] * (L - len(m)) for m in masks])
-    return plain_completion_logps(model, ids, att, cm)
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
 @pytest.mark.parametrize("shared", [True, False])
 def test_pair_logps_equal_plain_forward(attn, shared):
     model = tiny_llama(attn=attn)
-    pairs = _pairs()
-    want, want_n = _plain(model, pairs)
+    pairs = random_pairs()
+    want, want_n = plain_pair_logps(model, pairs)
     with torch.no_grad():
         got, n = completion_logps(model, collate_pairs(pairs, 0, shared=shared))
     assert torch.equal(n, want_n)
@@ -51,7 +24,7 @@ def test_pair_logps_equal_plain_forward(attn, shared):
 
 def test_chunked_head_equals_one_chunk_with_gradients():
     model = tiny_llama(attn="sdpa")
-    batch = collate_pairs(_pairs(1), 0)
+    batch = collate_pairs(random_pairs(seed=1), 0)
     a, _ = completion_logps(model, batch, chunk=3)
     ga = torch.autograd.grad(a.sum(), list(model.parameters()))
     b, _ = completion_logps(model, batch, chunk=10_000)
@@ -62,7 +35,7 @@ def test_chunked_head_equals_one_chunk_with_gradients():
 
 
 def test_shared_layout_has_less_padding_and_fewer_tokens():
-    pairs = _pairs(2, n=8)
+    pairs = random_pairs(8, seed=2)
     shared = collate_pairs(pairs, 0, shared=True)
     separate = collate_pairs(pairs, 0, shared=False)
     prompt = sum(len(p.prompt_ids) for p in pairs)
@@ -77,7 +50,7 @@ def test_single_layout_matches_plain():
         completion_ids: list
 
     model = tiny_llama()
-    items = [S(p.prompt_ids, p.chosen_ids) for p in _pairs(3)]
+    items = [S(p.prompt_ids, p.chosen_ids) for p in random_pairs(seed=3)]
     L = max(len(s.prompt_ids) + len(s.completion_ids) for s in items)
     ids = torch.tensor([s.prompt_ids + s.completion_ids + [0] * (L - len(s.prompt_ids) - len(s.completion_ids)) for s in items])
     att = (torch.arange(L)[None] < torch.tensor([[len(s.prompt_ids) + len(s.completion_ids)] for s in items])).long()

@@ -2,14 +2,14 @@
 model's own forward (`plain_completion_logps`: `model(...).logits`) on tiny random configs of every
 decoder family LoRA targets: soft-capped / scaled logits and sliding windows shorter than the rows."""
 
-from dataclasses import dataclass
 
 import pytest
 import torch
+from tinymodels import plain_pair_logps, random_pairs
 
 from alignkit.data.collate import collate_pairs, collate_single
 from alignkit.errors import UserError
-from alignkit.logprobs import completion_logps, pair_logps_table, plain_completion_logps
+from alignkit.logprobs import completion_logps, pair_logps_table
 
 VOCAB = 128
 WINDOW = 6  # shorter than every row below (prompts 8-13 tokens + completions 3-8)
@@ -62,32 +62,8 @@ def build(name: str, attn: str = "eager"):
     return model
 
 
-@dataclass
-class P:
-    prompt_ids: list
-    chosen_ids: list
-    rejected_ids: list
-
-
 def _pairs(n=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda lo, hi: torch.randint(3, VOCAB, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()  # noqa: E731
-    return [P(r(8, 14), r(3, 8) + [2], r(3, 8) + [2]) for _ in range(n)]
-
-
-def reference_logps(model, pairs):
-    """The model's own forward: two right-padded rows per pair, chosen and rejected interleaved."""
-    seqs, masks = [], []
-    for p in pairs:
-        for c in (p.chosen_ids, p.rejected_ids):
-            seqs.append(p.prompt_ids + c)
-            masks.append([0] * len(p.prompt_ids) + [1] * len(c))
-    L = max(map(len, seqs))
-    ids = torch.tensor([s + [0] * (L - len(s)) for s in seqs])
-    att = torch.tensor([[1] * len(s) + [0] * (L - len(s)) for s in seqs])
-    cm = torch.tensor([m + [0] * (L - len(m)) for m in masks])
-    with torch.no_grad():
-        return plain_completion_logps(model, ids, att, cm)
+    return random_pairs(n, seed, vocab=VOCAB, prompt=(8, 14), answer=(3, 8))
 
 
 CASES = [(f, a) for f in FAMILIES for a in ("eager", "sdpa") if not (a == "sdpa" and f in NO_SDPA)]
@@ -98,7 +74,7 @@ CASES = [(f, a) for f in FAMILIES for a in ("eager", "sdpa") if not (a == "sdpa"
 def test_completion_logps_equal_the_models_own_logits(family, attn, shared):
     model = build(family, attn)
     pairs = _pairs()
-    want, want_n = reference_logps(model, pairs)
+    want, want_n = plain_pair_logps(model, pairs)
     with torch.no_grad():
         got, n = completion_logps(model, collate_pairs(pairs, 0, shared=shared))
     assert torch.equal(n, want_n)
@@ -109,7 +85,7 @@ def test_completion_logps_equal_the_models_own_logits(family, attn, shared):
 def test_single_layout_and_table_equal_the_models_own_logits(family):
     model = build(family)
     pairs = _pairs(seed=1)
-    want, _ = reference_logps(model, pairs)
+    want, _ = plain_pair_logps(model, pairs)
     items = [type("S", (), dict(prompt_ids=p.prompt_ids, completion_ids=c))
              for p in pairs for c in (p.chosen_ids, p.rejected_ids)]
     with torch.no_grad():
@@ -133,7 +109,7 @@ def test_the_window_and_the_transform_matter_here():
         raw = head(hidden[batch.rows, batch.cols]).float().log_softmax(-1)  # no soft-capping
         raw = raw.gather(-1, batch.targets[:, None]).squeeze(-1)
     uncapped = torch.zeros(batch.n_segments).index_add(0, batch.segments, raw)
-    want, _ = reference_logps(model, pairs)
+    want, _ = plain_pair_logps(model, pairs)
     assert (uncapped - want).abs().max().item() > 0.1
     assert max(len(p.prompt_ids) + max(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs) > WINDOW + 4
 

@@ -3,6 +3,8 @@ folders have a conftest.py, so `from conftest import ...` is ambiguous in a full
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -80,3 +82,40 @@ def save_small_vocab_checkpoint(out, *, vocab_words: int = 48, hidden_size: int 
     LlamaForCausalLM(cfg).save_pretrained(out)
     fast.save_pretrained(out)
     return out
+
+
+@dataclass
+class TokenPair:
+    """A tokenized preference pair (the fields `alignkit.data.collate.collate_pairs` reads)."""
+
+    prompt_ids: list
+    chosen_ids: list
+    rejected_ids: list
+
+
+def random_pairs(n: int = 5, seed: int = 0, vocab: int = 128, prompt=(1, 12), answer=(1, 9)) -> list[TokenPair]:
+    """`n` random pairs, ids in [3, vocab), lengths drawn from the ranges; answers end with id 2."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(lo, hi):
+        return torch.randint(3, vocab, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()
+
+    return [TokenPair(r(*prompt), r(*answer) + [2], r(*answer) + [2]) for _ in range(n)]
+
+
+def plain_pair_logps(model, pairs):
+    """The model's own forward: two right-padded rows per pair (chosen, rejected interleaved) through
+    `alignkit.logprobs.plain_completion_logps`, no grad. Returns (logps (2n,), tokens (2n,))."""
+    from alignkit.logprobs import plain_completion_logps
+
+    seqs, masks = [], []
+    for p in pairs:
+        for c in (p.chosen_ids, p.rejected_ids):
+            seqs.append(p.prompt_ids + c)
+            masks.append([0] * len(p.prompt_ids) + [1] * len(c))
+    L = max(map(len, seqs))
+    ids = torch.tensor([s + [0] * (L - len(s)) for s in seqs])
+    att = torch.tensor([[1] * len(s) + [0] * (L - len(s)) for s in seqs])
+    cm = torch.tensor([m + [0] * (L - len(m)) for m in masks])
+    with torch.no_grad():
+        return plain_completion_logps(model, ids, att, cm)

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tinymodels import save_tiny_checkpoint
 
 from alignkit.config import RunConfig
 from alignkit.errors import UserError
@@ -24,19 +23,6 @@ from alignkit.models import cpu_has_bf16, resolve_mixed_precision
 from alignkit.train.run import train
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    lines = (ROOT / "examples/task_api/data/train.jsonl").read_text().splitlines()[:16]
-    out.write_text("\n".join(lines) + "\n")
-    return out
 
 
 def _cfg(tmp: Path, ckpt: Path, data: Path, name: str, mp: str, **train) -> RunConfig:

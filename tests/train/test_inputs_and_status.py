@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tinymodels import save_tiny_checkpoint
 
 from alignkit.cli import main
 from alignkit.config import PATH_FIELDS, RunConfig, dump_config, load_config
@@ -29,11 +28,6 @@ GARDEN = [("When should I plant garlic?", "In autumn, a few weeks before the gro
           ("Can I compost citrus peels?", "Yes, in moderation; chop them so they break down faster.", "No idea."),
           ("What grows in shade?", "Hostas, ferns, lettuce and spinach cope with partial shade.", "Plants grow."),
           ("How deep do I sow carrots?", "About 1 cm deep, in loose, stone-free soil.", "Carrots are orange.")]
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
 
 
 def _write_pairs(path: Path, rows) -> Path:

@@ -15,27 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from tinymodels import save_tiny_checkpoint
 
 from alignkit.config import RunConfig
 from alignkit.train import reference as refs
 from alignkit.train.run import train
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    """A tiny Llama with SmolLM2's tokenizer (see conftest.save_tiny_checkpoint)."""
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny"))
-
-
-@pytest.fixture(scope="session")
-def pairs_file(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "pairs.jsonl"
-    lines = (ROOT / "examples/task_api/data/train.jsonl").read_text().splitlines()[:16]
-    out.write_text("\n".join(lines) + "\n")
-    return out
 
 
 def make_cfg(tmp: Path, ckpt: Path, data: Path, name: str, **train) -> RunConfig:
