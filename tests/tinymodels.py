@@ -119,3 +119,23 @@ def plain_pair_logps(model, pairs):
     cm = torch.tensor([m + [0] * (L - len(m)) for m in masks])
     with torch.no_grad():
         return plain_completion_logps(model, ids, att, cm)
+
+
+def dpo_config(tmp, ckpt, data, name: str, **train):
+    """The training tests' DPO run: LoRA r=4 on `ckpt`, the pairs in `data`, the Task API system
+    prompt, no held-out split, no evaluation, 2 steps of 4 x 2 pairs at a constant lr 1e-2; `train`
+    overrides any train field."""
+    from pathlib import Path
+
+    from alignkit.config import RunConfig
+
+    root = Path(__file__).resolve().parents[1]
+    t = dict(learning_rate=1e-2, micro_batch_size=4, gradient_accumulation_steps=2, max_steps=2,
+             warmup_ratio=0.0, lr_scheduler="constant")
+    t.update(train)
+    return RunConfig.model_validate({
+        "method": "dpo", "output_dir": str(Path(tmp) / name),
+        "model": {"name_or_path": str(ckpt), "lora": {"r": 4, "alpha": 8}},
+        "data": {"train": str(data), "eval": None, "eval_fraction": 0.0, "max_length": 128,
+                 "max_prompt_length": 96, "system_prompt_file": str(root / "examples/task_api/system_prompt.txt")},
+        "train": t, "eval": {"enabled": False}})

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tinymodels import dpo_config
 
 from alignkit.config import RunConfig
 from alignkit.errors import UserError
@@ -26,15 +27,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _cfg(tmp: Path, ckpt: Path, data: Path, name: str, mp: str, **train) -> RunConfig:
-    t = dict(learning_rate=1e-2, micro_batch_size=4, gradient_accumulation_steps=1, max_steps=8,
-             warmup_ratio=0.0, lr_scheduler="constant", mixed_precision=mp)
-    t.update(train)
-    return RunConfig.model_validate({
-        "method": "dpo", "output_dir": str(tmp / name),
-        "model": {"name_or_path": str(ckpt), "lora": {"r": 4, "alpha": 8}},
-        "data": {"train": str(data), "eval": None, "eval_fraction": 0.0, "max_length": 128,
-                 "max_prompt_length": 96, "system_prompt_file": str(ROOT / "examples/task_api/system_prompt.txt")},
-        "train": t, "eval": {"enabled": False}})
+    return dpo_config(tmp, ckpt, data, name, **{"gradient_accumulation_steps": 1, "max_steps": 8,
+                                                "mixed_precision": mp, **train})
 
 
 def _log(run: Path) -> list[dict]:

@@ -15,24 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tinymodels import dpo_config
 
-from alignkit.config import RunConfig
 from alignkit.train import reference as refs
 from alignkit.train.run import train
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def make_cfg(tmp: Path, ckpt: Path, data: Path, name: str, **train) -> RunConfig:
-    t = dict(learning_rate=1e-2, micro_batch_size=4, gradient_accumulation_steps=2, max_steps=2,
-             warmup_ratio=0.0, lr_scheduler="constant")
-    t.update(train)
-    return RunConfig.model_validate({
-        "method": "dpo", "output_dir": str(tmp / name),
-        "model": {"name_or_path": str(ckpt), "lora": {"r": 4, "alpha": 8}},
-        "data": {"train": str(data), "eval": None, "eval_fraction": 0.0, "max_length": 128,
-                 "max_prompt_length": 96, "system_prompt_file": str(ROOT / "examples/task_api/system_prompt.txt")},
-        "train": t, "eval": {"enabled": False}})
+make_cfg = dpo_config
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
